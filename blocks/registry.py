@@ -57,14 +57,16 @@ class Param:
         if self.type == "bool":
             if isinstance(value, bool):
                 return value
-            raise ValueError(f"'{self.name}' must be true or false, got {value!r}")
+            raise ValueError(f"'{self.name}' must be true or false, got {short_repr(value)}")
         if self.type == "int":
             value = _as_int(self.name, value)
             self._check_range(value)
             return value
         if self.type == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"'{self.name}' must be a number, got {value!r}")
+                raise ValueError(f"'{self.name}' must be a number, got {short_repr(value)}")
+            if isinstance(value, int):
+                self._check_range(value)  # before float(): a huge integer overflows it
             value = float(value)
             if not math.isfinite(value):
                 raise ValueError(f"'{self.name}' must be a finite number, got {value}")
@@ -72,14 +74,16 @@ class Param:
             return value
         if self.type == "str":
             if not isinstance(value, str):
-                raise ValueError(f"'{self.name}' must be a string, got {value!r}")
+                raise ValueError(f"'{self.name}' must be a string, got {short_repr(value)}")
             value = value.lower()
             if self.choices and value not in self.choices:
-                raise ValueError(f"'{self.name}' must be one of {', '.join(self.choices)}, got '{value}'")
+                raise ValueError(f"'{self.name}' must be one of {', '.join(self.choices)}, "
+                                 f"got {short_repr(value)}")
             return value
         if self.type == "ints":
             if not isinstance(value, (list, tuple)) or not value:
-                raise ValueError(f"'{self.name}' must be a non-empty list of integers, got {value!r}")
+                raise ValueError(f"'{self.name}' must be a non-empty list of integers, "
+                                 f"got {short_repr(value)}")
             if len(value) > 64:
                 raise ValueError(f"'{self.name}' has {len(value)} entries; at most 64 are allowed")
             out = [_as_int(self.name, v) for v in value]
@@ -112,16 +116,33 @@ class Param:
 
 
 def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+    if isinstance(v, int):
+        return short_repr(v)
+    return str(int(v)) if v.is_integer() else f"{v:g}"
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr() for error messages: bounded in length, and safe on integers too long for
+    Python to print (repr raises beyond 4,300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        return f"{'a negative' if value < 0 else 'an'} integer of about {digits:,} digits"
+    if isinstance(value, (list, tuple, dict)) and len(value) > limit:
+        return f"a {type(value).__name__} of {len(value):,} items"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _as_int(name: str, value: Any) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"'{name}' must be an integer, got {value!r}")
+        raise ValueError(f"'{name}' must be an integer, got {short_repr(value)}")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int):
-        raise ValueError(f"'{name}' must be an integer, got {value!r}")
+        raise ValueError(f"'{name}' must be an integer, got {short_repr(value)}")
     return value
 
 

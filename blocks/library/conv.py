@@ -113,9 +113,8 @@ def transposed_conv(in_shape, out, kernel, stride, padding, output_padding, norm
 class AddCoords(nn.Module):
     """Concatenate coordinate channels (Liu et al. 2018, "An intriguing failing of CNNs and
     the CoordConv solution", Sec. 3): i and j scaled to [-1, 1] and, with `with_r`, the
-    distance from the centre r = sqrt(i² + j²). The paper's code also rescales r to [0, 1]
-    by dividing by its maximum (sqrt 2); we do the same. (The handbook's prose says
-    [0, 1) coordinates while its code uses [-1, 1]; we follow the paper: [-1, 1].)"""
+    distance from the centre r = sqrt(i² + j²), in [0, √2] (not rescaled). (The handbook's
+    prose says [0, 1) coordinates while its code uses [-1, 1]; we follow the paper: [-1, 1].)"""
 
     def __init__(self, with_r: bool = False):
         super().__init__()

@@ -1,0 +1,193 @@
+"""`python -m lab train`: train a preset or a spec file on a data set and save the run.
+
+A progress bar goes to stderr on a terminal; `--json` prints one JSON object per event
+to stdout, the last being the "end" event plus `run_dir`. Ctrl-C stops after the
+current batch and still saves the run (a second Ctrl-C aborts).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from lab.cli import UsageError
+from lab.device import DEVICES, choose_device
+from lab.trainer import OPTIMIZERS, SCHEDULES, Trainer, TrainingError, TrainSettings
+
+DATASET_HELP = "shapes, digits, mnist, fashion-mnist, cifar10, or a path"
+
+
+def add_parser(subparsers) -> None:
+    d = TrainSettings()
+    p = subparsers.add_parser("train", help="train a network and save the run",
+                              description=__doc__.splitlines()[0])
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--preset", metavar="NAME", help="a preset name (`python -m lab presets`)")
+    which.add_argument("--spec", metavar="FILE", help="a network spec (JSON file)")
+    p.add_argument("--dataset", default=d.dataset, help=f"{DATASET_HELP} (default {d.dataset})")
+    p.add_argument("--data-root", default=d.data_root, metavar="DIR",
+                   help=f"where data sets are kept (default {d.data_root}/)")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download; fail if the data set's files are missing")
+    p.add_argument("--train-size", type=int, metavar="N", help="use only N training images")
+    p.add_argument("--test-size", type=int, metavar="N", help="use only N test images")
+    p.add_argument("--epochs", type=int, default=d.epochs, metavar="N")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B")
+    p.add_argument("--lr", type=float, default=d.lr, metavar="X", help="(peak) learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, metavar="X")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="X")
+    p.add_argument("--augment", action="store_true", help="random flips and pad-and-crop")
+    p.add_argument("--width", type=float, metavar="W", help="channel width multiplier")
+    p.add_argument("--device", choices=DEVICES, default=d.device)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default="runs", metavar="DIR", help="where runs are saved (default runs/)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per event")
+    p.set_defaults(func=run)
+
+
+def _settings(args: argparse.Namespace) -> TrainSettings:
+    return TrainSettings(dataset=args.dataset, data_root=args.data_root, epochs=args.epochs,
+                         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                         momentum=args.momentum, weight_decay=args.weight_decay,
+                         schedule=args.schedule, label_smoothing=args.label_smoothing,
+                         augment=args.augment, device=args.device, seed=args.seed,
+                         width=args.width)
+
+
+def _read_spec_file(path: str) -> dict:
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"spec file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"spec file {path} is not valid JSON: {e}") from None
+    if not isinstance(spec, dict):
+        raise UsageError(f"spec file {path} must hold a JSON object")
+    return spec
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{name} must be a positive whole number, got {value}")
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(trainer: Trainer, say) -> Iterator[None]:
+    """First Ctrl-C asks the trainer to stop (the run is still saved); a second aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_sig, _frame):
+        if trainer.stopping:
+            raise KeyboardInterrupt
+        trainer.stop()
+        say("stopping after this batch (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+class _Display:
+    """Human output: a tqdm bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.bar = None
+        self.done = 0
+        self.test_acc: float | None = None
+
+    def say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr if self.as_json else sys.stdout, flush=True)
+
+    def event(self, e: dict) -> None:
+        if self.as_json and e["type"] != "end":
+            print(json.dumps(e), flush=True)
+        kind = e["type"]
+        if kind == "start":
+            if sys.stderr.isatty():
+                from tqdm import tqdm
+                self.bar = tqdm(total=e["total_steps"], file=sys.stderr, unit="step",
+                                dynamic_ncols=True, leave=True)
+            if not self.as_json:
+                self.say(f"training on {e['device_name']}: {e['params']:,} parameters, "
+                         f"{e['train_size']:,} training / {e['test_size']:,} test images, "
+                         f"{e['total_steps']:,} steps")
+        elif kind == "step" and self.bar is not None:
+            self.bar.update(e["step"] - self.done)
+            self.done = e["step"]
+            self.bar.set_postfix(loss=f"{e['loss']:.4f}", acc=_pct(self.test_acc),
+                                 img_s=f"{e['images_per_sec']:,.0f}", refresh=False)
+        elif kind == "epoch":
+            self.test_acc = e["test_acc"]
+            if not self.as_json:
+                self.say(f"epoch {e['epoch']}: train loss {e['train_loss']:.4f} acc "
+                         f"{_pct(e['train_acc'])} | test loss {e['test_loss']:.4f} acc "
+                         f"{_pct(e['test_acc'])} | {e['images_per_sec']:,.0f} img/s")
+        elif kind == "end" and self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run(args: argparse.Namespace) -> int:
+    from lab.datasets import load_dataset
+    from lab.runs import save_run
+    from presets import get_preset, load_preset
+
+    settings = _settings(args)                      # ValueError -> one line, exit 2
+    _positive("--train-size", args.train_size)
+    _positive("--test-size", args.test_size)
+    choose_device(settings.device)
+    spec = _read_spec_file(args.spec) if args.spec else None
+    if args.preset:
+        get_preset(args.preset)                     # unknown names fail before data loads
+    ds = load_dataset(args.dataset, args.data_root, seed=args.seed, download=not args.no_download,
+                      train_size=args.train_size, test_size=args.test_size)
+    if spec is None:
+        spec = load_preset(args.preset, input_shape=ds.input_shape, classes=len(ds.classes),
+                           width=args.width)
+    try:
+        trainer = Trainer(spec, settings, ds)
+    except TrainingError as e:
+        raise UsageError(str(e)) from None
+    display = _Display(args.json)
+    end: dict = {}
+    try:
+        with _ctrl_c_stops(trainer, display.say):
+            for event in trainer.run():
+                display.event(event)
+                if event["type"] == "end":
+                    end = event
+    finally:
+        if display.bar is not None:
+            display.bar.close()
+    run_dir = None if end.get("status") == "failed" else save_run(trainer, args.out)
+    if args.json:
+        print(json.dumps({**end, "run_dir": None if run_dir is None else str(run_dir)}), flush=True)
+    else:
+        where = f"; run saved to {run_dir}" if run_dir else ""
+        print(f"{end['status']}: test accuracy {_pct(end['test_acc'])} (best "
+              f"{_pct(end['best_test_acc'])}), {end['epochs']:g} epoch(s), "
+              f"{end['images_per_sec'] or 0:,.0f} img/s{where}", flush=True)
+    if end.get("status") in ("diverged", "failed"):
+        print(f"error: {end['message']}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Loaders behind `lab.datasets`: procedural shapes, sklearn digits, torchvision sets, image folders."""

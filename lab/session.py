@@ -1,0 +1,590 @@
+"""One browser session's runtime state: its finished runs, its data sets, its training.
+
+The app keeps one `Session` per visitor in a `gr.State`, so two visitors never see each
+other's runs. A session owns a temporary folder (`<root>/s-<session key>`) holding its run
+folders; `close()` — called from the state's delete callback and, through
+`remove_session_dir`, from `demo.unload` — stops its training and removes the folder.
+
+Training runs in a worker thread that records the finished run into the session itself,
+so the run is kept (with the model as trained so far) however the UI's generator ends:
+completed, stopped by Stop, or cancelled by Gradio. `start_training` is that generator's
+core: it polls the worker and yields a `TrainUpdate` at least every `poll` seconds.
+The network is trained by `train_events`, a module-level generator of plain dicts, which
+is what ZeroGPU needs (it pickles arguments and results across processes); Stop reaches
+it through a file, which works across that process boundary too.
+"""
+from __future__ import annotations
+
+import contextvars
+import itertools
+import os
+import queue
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from lab import zerogpu
+from lab.limits import Limits, LimitError, check_epochs, check_spec_limits
+
+ROOT_ENV = "CONVSCOPE_SESSION_ROOT"
+TRAIN_SIZE_ENV = "CONVSCOPE_SHAPES_TRAIN_SIZE"
+TEST_SIZE_ENV = "CONVSCOPE_SHAPES_TEST_SIZE"
+STOP_FILE = "STOP"
+GALLERY_SIZE = 24
+# Input shape and number of classes of the built-in data sets, known without loading them
+# (so the Build tab can follow the Train tab's choice at once, even offline).
+BUILTIN_META = {"shapes": ((3, 32, 32), 10), "digits": ((1, 28, 28), 10),
+                "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10),
+                "cifar10": ((3, 32, 32), 10)}
+
+
+class SessionError(ValueError):
+    """A request the session refuses; the message is one line for the user."""
+
+
+def session_root() -> Path:
+    """Where session folders live: $CONVSCOPE_SESSION_ROOT or <tmp>/convscope-sessions."""
+    return Path(os.environ.get(ROOT_ENV) or Path(tempfile.gettempdir()) / "convscope-sessions")
+
+
+def _safe_key(key: str | None) -> str:
+    key = re.sub(r"[^A-Za-z0-9_-]", "", str(key or ""))[:64]
+    return key or f"anon{os.getpid()}-{next(_counter)}-{os.urandom(4).hex()}"
+
+
+_counter = itertools.count(1)  # only makes anonymous keys unique; holds no user data
+
+
+def remove_session_dir(key: str, root: str | Path | None = None) -> bool:
+    """Remove the folder of session `key` (the app's unload hook); True if it existed.
+    A training of that session sees its folder gone and stops after the current batch."""
+    path = Path(root or session_root()) / f"s-{_safe_key(key)}"
+    existed = path.is_dir()
+    shutil.rmtree(path, ignore_errors=True)
+    return existed
+
+
+def download_allowed() -> bool:
+    """Whether torchvision data sets may be downloaded ($CONVSCOPE_DOWNLOAD, default yes)."""
+    return os.environ.get("CONVSCOPE_DOWNLOAD", "1").strip().lower() not in ("0", "no", "false")
+
+
+def _env_size(name: str, dataset: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if dataset == "shapes" and raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    return None
+
+
+def default_train_size(dataset: str) -> int | None:
+    """$CONVSCOPE_SHAPES_TRAIN_SIZE for `shapes` (tests and demos use a small one)."""
+    return _env_size(TRAIN_SIZE_ENV, dataset)
+
+
+def default_test_size(dataset: str) -> int | None:
+    """$CONVSCOPE_SHAPES_TEST_SIZE for `shapes`."""
+    return _env_size(TEST_SIZE_ENV, dataset)
+
+
+# ---------------------------------------------------------------- runs
+
+@dataclass
+class RunRecord:
+    """A finished (completed or stopped) run held by a session; `model` is on the CPU."""
+    id: str
+    spec: dict
+    settings: dict
+    events: list[dict]
+    model: Any                    # blocks.Network, eval mode
+    dataset_key: tuple
+    dataset_info: dict
+    classes: list[str]
+    path: Path | None = None      # the run folder (None if it could not be written)
+    created: float = field(default_factory=time.time)
+    cache: dict = field(default_factory=dict)  # derived numbers (e.g. energy-in-mask)
+
+    @property
+    def end(self) -> dict:
+        return next((e for e in reversed(self.events) if e.get("type") == "end"), {})
+
+    @property
+    def start(self) -> dict:
+        return next((e for e in self.events if e.get("type") == "start"), {})
+
+    @property
+    def status(self) -> str:
+        return self.end.get("status", "unknown")
+
+    @property
+    def best_test_acc(self) -> float | None:
+        accs = [e["test_acc"] for e in self.events if e.get("type") == "epoch"
+                and e.get("test_acc") is not None]
+        end = self.end.get("test_acc")
+        if end is not None:
+            accs.append(end)
+        return max(accs) if accs else None
+
+    @property
+    def images_per_sec(self) -> float | None:
+        return self.end.get("images_per_sec")
+
+    @property
+    def label(self) -> str:
+        acc = self.best_test_acc
+        acc_text = "" if acc is None else f" · {100 * acc:.1f}%"
+        return (f"{self.id} · {self.spec.get('name', 'network')} · "
+                f"{self.settings.get('dataset', '?')}{acc_text}")
+
+
+@dataclass
+class TrainUpdate:
+    """What the Train tab shows while a run goes on."""
+    events: list[dict]            # every event so far (for the curves)
+    new_events: bool              # whether `events` grew since the last update
+    progress: float               # 0..1
+    text: str                     # "epoch 1/3 · step 40/120 · 1,234 images/s · ETA 0:12"
+    done: bool = False
+    status: str = "running"       # running | completed | stopped | failed | diverged | error
+    message: str = ""
+    run_id: str | None = None
+    device_name: str = ""
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def progress_text(events: list[dict], epochs: int) -> tuple[float, str]:
+    """(fraction done, one line) from the events so far."""
+    start = next((e for e in events if e.get("type") == "start"), None)
+    if start is None:
+        return 0.0, "loading data and building the network…"
+    step = next((e for e in reversed(events) if e.get("type") == "step"), None)
+    epoch = next((e for e in reversed(events) if e.get("type") == "epoch"), None)
+    end = next((e for e in reversed(events) if e.get("type") == "end"), None)
+    total = start.get("total_steps", 1)
+    done_steps = step["step"] if step else 0
+    frac = 1.0 if end and end.get("status") == "completed" else done_steps / max(1, total)
+    parts = [f"{start.get('device_name', '')}"]
+    cur_epoch = min(epochs, int(done_steps // max(1, start.get("steps_per_epoch", 1))) + 1)
+    parts.append(f"epoch {cur_epoch}/{epochs} · step {done_steps}/{total} ({100 * frac:.0f}%)")
+    if step:
+        parts.append(f"{step['images_per_sec']:,.0f} images/s · ETA {_clock(step.get('eta_s'))}")
+        parts.append(f"loss {step['loss']:.4f}")
+    if epoch and epoch.get("test_acc") is not None:
+        parts.append(f"test acc {100 * epoch['test_acc']:.1f}%")
+    return frac, " · ".join(p for p in parts if p)
+
+
+# ---------------------------------------------------------------- the training process
+
+def _stop_requested(stop_file: str) -> bool:
+    return os.path.exists(stop_file) or not os.path.isdir(os.path.dirname(stop_file))
+
+
+def train_events(spec: dict, settings: dict, stop_file: str, dataset: Any = None,
+                 train_size: int | None = None, test_size: int | None = None) -> Iterator[dict]:
+    """Train `spec` and yield the trainer's events (plain dicts), then one
+    {"type": "weights", "state": {name: CPU tensor}, "spec": built spec}.
+
+    Module-level and plain-data in, plain-data out, so it can run under `spaces.GPU` in
+    another process. The run stops after the current batch once `stop_file` exists or its
+    folder is removed.
+    """
+    from lab.datasets import load_dataset
+    from lab.trainer import Trainer, TrainSettings
+
+    s = TrainSettings.from_dict(settings)
+    if dataset is None:
+        dataset = load_dataset(s.dataset, s.data_root, seed=s.seed, download=download_allowed(),
+                               train_size=train_size, test_size=test_size)
+    trainer = Trainer(spec, s, dataset)
+    for event in trainer.run():
+        if not trainer.stopping and _stop_requested(stop_file):
+            trainer.stop()
+        yield event
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in trainer.model.state_dict().items()}
+    yield {"type": "weights", "state": state, "spec": trainer.model.spec}
+
+
+def _gpu_duration(spec: dict, settings: dict, *args: Any, **kwargs: Any) -> int:
+    return zerogpu.duration_for(int(settings.get("epochs", 1)))
+
+
+train_events_gpu = zerogpu.gpu(_gpu_duration)(train_events)
+
+
+class _Training:
+    """One run in progress: its worker thread, its event queue and its stop file."""
+
+    def __init__(self, stop_file: Path, epochs: int):
+        self.stop_file = stop_file
+        self.epochs = epochs
+        self.queue: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.done = threading.Event()
+        self.run_id: str | None = None
+        self.error: str | None = None
+
+    def request_stop(self) -> None:
+        try:
+            self.stop_file.parent.mkdir(parents=True, exist_ok=True)
+            self.stop_file.touch()
+        except OSError:
+            pass  # the folder is gone: the trainer stops on that as well
+
+
+# ---------------------------------------------------------------- the session
+
+class Session:
+    """Per-visitor state. Thread-safe: the training worker records runs into it."""
+
+    def __init__(self, key: str | None = None, root: str | Path | None = None,
+                 limits: Limits | None = None):
+        self.key = _safe_key(key)
+        self.root = Path(root or session_root())
+        self.limits = limits or Limits.from_env()
+        self.runs: "OrderedDict[str, RunRecord]" = OrderedDict()
+        self._datasets: "OrderedDict[tuple, Any]" = OrderedDict()
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._training: _Training | None = None
+        self.closed = False
+
+    # -- folder
+
+    @property
+    def dir(self) -> Path:
+        """The session's folder, created on first use."""
+        path = self.root / f"s-{self.key}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def close(self) -> None:
+        """Stop a training, drop runs and data, remove the folder (idempotent)."""
+        with self._lock:
+            self.closed = True
+            if self._training is not None:
+                self._training.request_stop()
+            self.runs.clear()
+            self._datasets.clear()
+        shutil.rmtree(self.root / f"s-{self.key}", ignore_errors=True)
+
+    # -- data sets
+
+    def dataset(self, name: str, seed: int = 0, train_size: int | None = None,
+                test_size: int | None = None, data_root: str = "data") -> Any:
+        """A data set, cached per session (the last two used)."""
+        from lab.datasets import load_dataset
+        key = (name, seed, train_size, test_size, data_root)
+        with self._lock:
+            if key in self._datasets:
+                self._datasets.move_to_end(key)
+                return self._datasets[key]
+        ds = load_dataset(name, data_root, seed=seed, download=download_allowed(), train_size=train_size,
+                          test_size=test_size)
+        with self._lock:
+            self._datasets[key] = ds
+            while len(self._datasets) > 2:
+                self._datasets.popitem(last=False)
+        return ds
+
+    def dataset_for(self, run: RunRecord) -> Any:
+        name, seed, train_size, test_size, data_root = run.dataset_key
+        return self.dataset(name, seed, train_size, test_size, data_root)
+
+    # -- runs
+
+    def run(self, run_id: str | None) -> RunRecord:
+        """A finished run by id (None: the latest); SessionError if there is none."""
+        with self._lock:
+            if not self.runs:
+                raise SessionError("no finished run yet: train a network on the Train tab first")
+            if run_id is None or run_id == "":
+                return next(reversed(self.runs.values()))
+            run_id = str(run_id).split(" · ", 1)[0]
+            if run_id not in self.runs:
+                raise SessionError(f"there is no run '{run_id[:40]}' in this session")
+            return self.runs[run_id]
+
+    def run_choices(self) -> list[tuple[str, str]]:
+        """(label, id) pairs, newest first."""
+        with self._lock:
+            return [(r.label, r.id) for r in reversed(self.runs.values())]
+
+    def add_run(self, record_parts: dict) -> RunRecord:
+        """Record a finished run (saving its folder under the session dir); the oldest runs
+        beyond the limit are dropped."""
+        from lab.runs import RunParts, save_run
+        with self._lock:
+            run_id = f"run-{next(self._ids)}"
+        rec = RunRecord(id=run_id, **record_parts)
+        if not self.closed:
+            try:
+                rec.path = save_run(RunParts(rec.spec, rec.settings, rec.events, rec.model,
+                                             rec.dataset_info), self.dir / "runs")
+            except (OSError, ValueError):
+                rec.path = None  # the run stays usable in memory; only its files are missing
+        with self._lock:
+            if self.closed:
+                return rec
+            self.runs[run_id] = rec
+            while len(self.runs) > self.limits.max_runs:
+                _, old = self.runs.popitem(last=False)
+                if old.path is not None:
+                    shutil.rmtree(old.path, ignore_errors=True)
+        return rec
+
+    def remove_run(self, run_id: str) -> None:
+        with self._lock:
+            rec = self.runs.pop(self.run(run_id).id)
+        if rec.path is not None:
+            shutil.rmtree(rec.path, ignore_errors=True)
+
+    # -- training
+
+    @property
+    def training(self) -> bool:
+        with self._lock:
+            return self._training is not None and not self._training.done.is_set()
+
+    def check_training_request(self, spec: dict, settings: Any, dataset: Any) -> dict:
+        """The spec as it will be trained (input/classes from the data set), after the
+        limit checks; raises LimitError, SpecError or SessionError."""
+        from lab.trainer import prepare_spec
+        if self.training:
+            raise SessionError("a training is already running in this session; stop it first")
+        check_epochs(settings.epochs, self.limits)
+        prepared = prepare_spec(spec, dataset.input_shape, len(dataset.classes), settings.width)
+        check_spec_limits(prepared, settings.batch_size, self.limits)
+        return prepared
+
+    def start_training(self, spec: dict, settings: Any, train_size: int | None = None,
+                       test_size: int | None = None, poll: float = 0.25) -> Iterator[TrainUpdate]:
+        """Train in a worker thread; yield a TrainUpdate at least every `poll` seconds until
+        the run ends. The run is recorded into the session by the worker, so it survives
+        this generator being closed (which asks the run to stop)."""
+        if self.closed:
+            raise SessionError("this session has ended; reload the page")
+        if train_size is None:
+            train_size = default_train_size(settings.dataset)
+        if test_size is None:
+            test_size = default_test_size(settings.dataset)
+        ds = self.dataset(settings.dataset, settings.seed, train_size, test_size, settings.data_root)
+        spec = self.check_training_request(spec, settings, ds)
+        stop_file = self.dir / f"{STOP_FILE}-{os.urandom(4).hex()}"
+        job = _Training(stop_file, settings.epochs)
+        with self._lock:
+            if self.training:
+                raise SessionError("a training is already running in this session; stop it first")
+            self._training = job
+        key = (settings.dataset, settings.seed, train_size, test_size, settings.data_root)
+        ctx = contextvars.copy_context()  # ZeroGPU reads the request from the context
+        job.thread = threading.Thread(
+            target=ctx.run, args=(self._worker, job, spec, settings.to_dict(), ds, key),
+            name=f"convscope-train-{self.key[:8]}", daemon=True)
+        job.thread.start()
+        return self._updates(job, poll)
+
+    def _worker(self, job: _Training, spec: dict, settings: dict, ds: Any, key: tuple) -> None:
+        events: list[dict] = []
+        weights = None
+        try:
+            if zerogpu.on_zerogpu():
+                stream = train_events_gpu(spec, settings, str(job.stop_file), None,
+                                          key[2], key[3])
+            else:
+                stream = train_events(spec, settings, str(job.stop_file), ds)
+            for event in stream:
+                if event.get("type") == "weights":
+                    weights = event
+                    continue
+                events.append(event)
+                job.queue.put(event)
+            end = events[-1] if events and events[-1].get("type") == "end" else {}
+            if weights is not None and end.get("status") in ("completed", "stopped"):
+                model = _model_from(weights["spec"], weights["state"])
+                rec = self.add_run(dict(spec=weights["spec"], settings=settings, events=events,
+                                        model=model, dataset_key=key,
+                                        dataset_info=_dataset_info(ds), classes=list(ds.classes)))
+                job.run_id = rec.id
+            elif end:
+                job.error = end.get("message") or f"the run {end.get('status')}"
+        except Exception as e:  # noqa: BLE001 - reported to the user as one line
+            job.error = _one_line(e)
+        finally:
+            with self._lock:
+                job.done.set()
+            job.queue.put(None)
+            try:
+                job.stop_file.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def _updates(self, job: _Training, poll: float) -> Iterator[TrainUpdate]:
+        events: list[dict] = []
+        finished = False
+        try:
+            while True:
+                new = False
+                deadline = time.monotonic() + poll
+                while True:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    try:
+                        item = job.queue.get(timeout=timeout)
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        finished = True
+                        break
+                    events.append(item)
+                    new = True
+                frac, text = progress_text(events, job.epochs)
+                device = next((e.get("device_name", "") for e in events if e.get("type") == "start"), "")
+                if finished:
+                    yield self._final_update(job, events, new, device)
+                    return
+                yield TrainUpdate(list(events), new, frac, text, device_name=device)
+        finally:
+            if not finished:
+                job.request_stop()  # the UI went away (Stop, cancel, closed tab)
+
+    def _final_update(self, job: _Training, events: list[dict], new: bool, device: str) -> TrainUpdate:
+        end = next((e for e in reversed(events) if e.get("type") == "end"), {})
+        frac, text = progress_text(events, job.epochs)
+        if job.run_id is not None:
+            status = end.get("status", "completed")
+            acc = end.get("test_acc")
+            acc_text = "" if acc is None else f", test accuracy {100 * acc:.1f}%"
+            msg = f"{job.run_id} {status}: {end.get('message', '')}{acc_text}"
+            return TrainUpdate(events, new, frac if status != "completed" else 1.0, text, True,
+                               status, msg, job.run_id, device)
+        status = end.get("status", "error")
+        return TrainUpdate(events, new, frac, text, True, status,
+                           job.error or "the run ended without a result", None, device)
+
+    def stop_training(self, wait: float = 3.0) -> str | None:
+        """Ask the running training to stop; wait up to `wait` s for it to be recorded.
+        Returns the new run's id (None if nothing was running or it is not done yet)."""
+        with self._lock:
+            job = self._training
+        if job is None:
+            return None
+        job.request_stop()
+        job.done.wait(timeout=wait)
+        return job.run_id
+
+
+# ---------------------------------------------------------------- images for inspection
+
+def test_images(ds: Any, n: int = GALLERY_SIZE) -> list[tuple[Any, str]]:
+    """The first `n` test images as (H, W, C) uint8 numpy arrays with their class names."""
+    out = []
+    for i in range(min(n, len(ds.test_y))):
+        img = ds.test_x[i].permute(1, 2, 0).numpy()
+        out.append((img[:, :, 0] if img.shape[2] == 1 else img, ds.classes[int(ds.test_y[i])]))
+    return out
+
+
+def prepare_image(array: Any, input_shape: tuple[int, int, int] | list) -> Any:
+    """An uploaded picture (H, W[, C]) of any size to uint8 (C, H, W) at the input shape
+    (RGBA composited on white, grey <-> RGB as the network needs)."""
+    import numpy as np
+    from PIL import Image
+    if array is None:
+        raise SessionError("no image: upload one, draw one or pick a test image")
+    a = np.asarray(array)
+    if a.dtype != np.uint8:
+        a = np.clip(a * (255 if a.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] == 4:
+        alpha = a[:, :, 3:4].astype(np.float32) / 255
+        a = (a[:, :, :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+    if a.ndim not in (2, 3) or min(a.shape[:2]) < 1:
+        raise SessionError(f"that is not an image (array of shape {tuple(a.shape)})")
+    c, h, w = (int(v) for v in input_shape)
+    img = Image.fromarray(a if a.ndim == 2 or a.shape[2] == 3 else a[:, :, 0])
+    img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+    out = np.asarray(img, dtype=np.uint8)
+    out = out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
+    if out.shape[0] != c:
+        raise SessionError(f"the network takes {c}-channel images; this one has {out.shape[0]}")
+    return np.ascontiguousarray(out)
+
+
+def prepare_sketch(value: Any, input_shape: tuple[int, int, int] | list) -> Any:
+    """A sketchpad drawing to a digit-data-set image: light strokes on a dark ground,
+    cropped to the strokes and centred with a margin as in MNIST. None if nothing is drawn."""
+    import numpy as np
+    if value is None:
+        return None
+    a = value.get("composite") if isinstance(value, dict) else value
+    if a is None:
+        return None
+    a = np.asarray(a)
+    if a.ndim == 3 and a.shape[2] == 4:
+        ink = a[:, :, 3].astype(np.float32)          # strokes are opaque on a clear canvas
+        if ink.max() == 0:
+            ink = 255 - a[:, :, :3].mean(axis=2)
+    else:
+        grey = a.mean(axis=2) if a.ndim == 3 else a.astype(np.float32)
+        ink = 255 - grey if grey.mean() > 127 else grey
+    ink = np.clip(ink, 0, 255).astype(np.uint8)
+    ys, xs = np.nonzero(ink > 32)
+    if len(ys) == 0:
+        return None
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    side = int(max(y1 - y0, x1 - x0) * 1.4) + 1     # MNIST: a 20 px digit in a 28 px frame
+    canvas = np.zeros((side, side), np.uint8)
+    oy, ox = (side - (y1 - y0)) // 2, (side - (x1 - x0)) // 2
+    canvas[oy:oy + y1 - y0, ox:ox + x1 - x0] = ink[y0:y1, x0:x1]
+    c, h, w = (int(v) for v in input_shape)
+    from PIL import Image
+    img = np.asarray(Image.fromarray(canvas).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+    return np.ascontiguousarray(np.repeat(img[None], c, axis=0))
+
+
+def input_tensor(ds: Any, image_chw: Any) -> Any:
+    """A uint8 (C, H, W) image as the network's normalised (1, C, H, W) float input."""
+    import numpy as np
+    import torch
+    return ds.normalize(torch.from_numpy(np.ascontiguousarray(image_chw))).unsqueeze(0)
+
+
+def test_batch(ds: Any, n: int) -> tuple[Any, Any, Any]:
+    """(normalised x, labels, masks or None) of the first `n` test images."""
+    n = min(n, len(ds.test_y))
+    masks = None if ds.test_masks is None else ds.test_masks[:n]
+    return ds.normalize(ds.test_x[:n]), ds.test_y[:n], masks
+
+
+def _model_from(spec: dict, state: dict) -> Any:
+    import blocks
+    model = blocks.build(spec, device="cpu")
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _dataset_info(ds: Any) -> dict:
+    info = getattr(ds, "info", None)
+    return info() if callable(info) else {"name": getattr(ds, "name", "?")}
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+__all__ = ["GALLERY_SIZE", "LimitError", "RunRecord", "Session", "SessionError", "TrainUpdate",
+           "default_train_size", "progress_text", "remove_session_dir", "session_root",
+           "train_events"]

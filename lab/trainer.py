@@ -1,0 +1,505 @@
+"""The training engine: a spec, a dataset and settings in; a stream of events out.
+
+`Trainer.run()` is a generator of plain JSON-able dicts ("start", "step", "epoch", "end"),
+so the UI can draw curves as they come and `stop()` (from any thread) takes effect
+between batches. The loop follows the habits of the fastest small-CNN trainers:
+
+* a data set that fits (by size) lives on the device as uint8 and is batched there by a
+  seeded permutation each epoch; a bigger one streams from host memory through a
+  DataLoader. Either way normalisation and augmentation happen on the device per batch;
+* metrics stay on the device and are read back once per report (every
+  `report_interval` seconds and at the end of each epoch), never every step;
+* on CUDA: autocast (bf16 where supported, else fp16 with a GradScaler), channels_last
+  and cudnn.benchmark.
+
+Global state: `torch.manual_seed(seed)` is called before the model is built (the
+initialisation is part of what a seed reproduces, and dropout draws from the same global
+generator). During `run()` cudnn.benchmark is switched on and, when torch would start
+more CPU threads than this process may use, the thread count is lowered; both are
+restored when the run ends, so code running after it sees the settings it had before.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, TensorDataset
+
+import blocks
+from blocks.summary import summarize
+from lab.device import DEVICES, choose_device, device_name, synchronize, usable_cpus
+
+if TYPE_CHECKING:
+    from lab.datasets import Dataset
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "constant")
+# Data sets up to this size (train + test, bytes) are copied to the device once.
+MAX_DEVICE_BYTES = 1_500_000_000
+ONECYCLE_WARMUP = 0.25      # fraction of the steps spent warming up
+ONECYCLE_START = 1 / 25     # the warm-up starts at this fraction of lr (as torch's OneCycleLR)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or go on; the message is one line a user can act on."""
+
+
+@dataclass
+class TrainSettings:
+    """Everything about a run except the network; JSON-able with `asdict`."""
+    dataset: str = "shapes"
+    data_root: str = "data"
+    epochs: int = 5
+    batch_size: int = 128
+    optimizer: str = "adam"          # sgd | adam | adamw
+    lr: float = 2e-3
+    momentum: float = 0.9            # sgd only
+    nesterov: bool = True            # sgd only
+    weight_decay: float = 5e-4       # conv and linear weights only, not biases or norms
+    schedule: str = "onecycle"       # onecycle | cosine | constant (per step)
+    label_smoothing: float = 0.0
+    augment: bool = False            # random flip + pad-and-crop, done on the device
+    device: str = "auto"             # auto | cpu | cuda | mps
+    seed: int = 0
+    width: float | None = None       # overrides the spec's width when set
+    report_interval: float = 0.25    # seconds between step events
+
+    def __post_init__(self) -> None:
+        problem = _settings_problem(self)
+        if problem:
+            raise ValueError(problem)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainSettings":
+        """Settings from JSON; keys this version does not know are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _settings_problem(s: TrainSettings) -> str:
+    """The first thing wrong with the settings, as a sentence, or ""."""
+    checks: list[tuple[bool, str]] = [
+        (isinstance(s.dataset, str) and s.dataset.strip() != "", "dataset must be a name or a path"),
+        (isinstance(s.data_root, str), "data_root must be a folder path"),
+        (_is_int(s.epochs) and 1 <= s.epochs <= 10_000,
+         f"epochs must be a whole number from 1 to 10000, got {s.epochs!r}"),
+        (_is_int(s.batch_size) and 1 <= s.batch_size <= 65_536,
+         f"batch size must be a whole number from 1 to 65536, got {s.batch_size!r}"),
+        (s.optimizer in OPTIMIZERS,
+         f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {s.optimizer!r}"),
+        (_is_num(s.lr) and s.lr > 0, f"learning rate must be a positive number, got {s.lr!r}"),
+        (_is_num(s.momentum) and 0 <= s.momentum < 1, f"momentum must be in [0, 1), got {s.momentum!r}"),
+        (isinstance(s.nesterov, bool), f"nesterov must be true or false, got {s.nesterov!r}"),
+        (_is_num(s.weight_decay) and s.weight_decay >= 0,
+         f"weight decay must be a number >= 0, got {s.weight_decay!r}"),
+        (s.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {s.schedule!r}"),
+        (_is_num(s.label_smoothing) and 0 <= s.label_smoothing < 1,
+         f"label smoothing must be in [0, 1), got {s.label_smoothing!r}"),
+        (isinstance(s.augment, bool), f"augment must be true or false, got {s.augment!r}"),
+        (isinstance(s.device, str) and s.device.split(":", 1)[0] in DEVICES,
+         f"device must be one of {', '.join(DEVICES)}, got {s.device!r}"),
+        (_is_int(s.seed) and 0 <= s.seed < 2**63, f"seed must be a whole number >= 0, got {s.seed!r}"),
+        (s.width is None or (_is_num(s.width) and 0 < s.width <= 4),
+         f"width must be a number in (0, 4], got {s.width!r}"),
+        (_is_num(s.report_interval) and s.report_interval >= 0,
+         f"report interval must be a number of seconds >= 0, got {s.report_interval!r}"),
+    ]
+    return next((msg for ok, msg in checks if not ok), "")
+
+
+# ---------------------------------------------------------------- pieces of a run
+
+def lr_schedule(settings: TrainSettings, total_steps: int) -> list[float]:
+    """The learning rate of every step (set per step; cheaper than an LRScheduler)."""
+    lr, n = settings.lr, max(1, total_steps)
+    if settings.schedule == "constant":
+        return [lr] * n
+    if settings.schedule == "cosine":
+        return [lr * 0.5 * (1 + math.cos(math.pi * i / n)) for i in range(n)]
+    warm = max(1, round(ONECYCLE_WARMUP * n))
+    out = []
+    for i in range(n):
+        if i < warm:
+            out.append(lr * (ONECYCLE_START + (1 - ONECYCLE_START) * i / warm))
+        else:
+            out.append(lr * 0.5 * (1 + math.cos(math.pi * (i - warm + 1) / (n - warm + 1))))
+    return out
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """The optimizer; weight decay applies to weight matrices and kernels only."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    other = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [g for g in ({"params": decay, "weight_decay": settings.weight_decay},
+                          {"params": other, "weight_decay": 0.0}) if g["params"]]
+    if not groups:
+        raise TrainingError("the network has no trainable parameters")
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum,
+                               nesterov=settings.nesterov and settings.momentum > 0)
+    cls = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.AdamW
+    return cls(groups, lr=settings.lr)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a device computes: autocast dtype (None = float32), scaler, memory format."""
+    amp_dtype: torch.dtype | None
+    use_scaler: bool
+    channels_last: bool
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> "Precision":
+        if device.type != "cuda":
+            return cls(None, False, False)
+        bf16 = torch.cuda.is_bf16_supported()
+        return cls(torch.bfloat16 if bf16 else torch.float16, not bf16, True)
+
+    def autocast(self, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+        if self.amp_dtype is None:
+            null = contextlib.nullcontext()
+            return lambda: null
+        return lambda: torch.autocast(device_type=device.type, dtype=self.amp_dtype)
+
+
+def augment_batch(x: torch.Tensor, flip: torch.Tensor, shift: torch.Tensor, pad: int) -> torch.Tensor:
+    """Flip left-right where `flip` (N bools) and translate by `shift` (N×2 ints in
+    [-pad, pad]) with zero padding — the pad-and-random-crop of the CIFAR ResNets, done
+    as one gather on x's device. x is (N, C, H, W), already normalised (so 0 = mean)."""
+    n, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dev = x.device
+    rows = torch.arange(h, device=dev)[None, :] + (shift[:, 0:1] + pad)      # (N, H)
+    cols = torch.arange(w, device=dev)[None, :] + (shift[:, 1:2] + pad)      # (N, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    return xp[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
+              rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class _Feed:
+    """Batches of (uint8 images, labels) on the device, from a copy held there or from
+    host memory through a DataLoader (pinned when the device is a GPU)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, device: torch.device, on_device: bool):
+        self.device, self.on_device, self.size = device, on_device, len(y)
+        if on_device:
+            self.x, self.y = x.to(device), y.to(device)
+        else:
+            self.x, self.y = x, y
+
+    def batches(self, order: torch.Tensor | None, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`order`: CPU indices to visit (None = in order); batches of `batch_size`."""
+        if self.on_device:
+            if order is None:
+                for i in range(0, self.size, batch_size):
+                    yield self.x[i:i + batch_size], self.y[i:i + batch_size]
+                return
+            order = order.to(self.device)
+            for i in range(0, len(order), batch_size):
+                idx = order[i:i + batch_size]
+                yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+            return
+        indices = range(self.size) if order is None else order.tolist()
+        loader = DataLoader(TensorDataset(self.x, self.y), batch_size=None,
+                            sampler=BatchSampler(indices, batch_size, drop_last=False),
+                            pin_memory=self.device.type == "cuda")
+        for xb, yb in loader:
+            yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+
+def _finite(v: float | None) -> float | None:
+    """JSON has no NaN or infinity: those become null."""
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
+def _is_oom(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, torch.cuda.OutOfMemoryError) or any(
+        s in text for s in ("out of memory", "DefaultCPUAllocator", "not enough memory"))
+
+
+def prepare_spec(spec: dict, input_shape, classes: int, width: float | None = None) -> dict:
+    """A copy of `spec` whose input and classes follow the data set (and width, if set)."""
+    if not isinstance(spec, dict):
+        raise blocks.SpecError(f"a spec must be a JSON object, got {type(spec).__name__}")
+    out = dict(spec)
+    out["input"] = [int(v) for v in input_shape]
+    out["classes"] = int(classes)
+    if width is not None:
+        out["width"] = float(width)
+    return out
+
+
+# ---------------------------------------------------------------- the trainer
+
+class Trainer:
+    """Trains one network on one data set; see the module docstring.
+
+    `max_device_bytes`: data sets larger than this stream through a DataLoader instead of
+    being copied to the device (a test forces that path with a small value).
+    """
+
+    def __init__(self, spec: dict, settings: TrainSettings, dataset: "Dataset | None" = None,
+                 *, max_device_bytes: int | None = None):
+        if not isinstance(settings, TrainSettings):
+            raise TypeError("settings must be a TrainSettings")
+        self.settings = settings
+        if dataset is None:
+            from lab.datasets import load_dataset
+            dataset = load_dataset(settings.dataset, settings.data_root, seed=settings.seed)
+        self.dataset = dataset
+        self.device = choose_device(settings.device)
+        spec = prepare_spec(spec, dataset.input_shape, len(dataset.classes), settings.width)
+        torch.manual_seed(settings.seed)
+        self.model: blocks.Network = blocks.build(spec, device=self.device)
+        self.spec = self.model.spec
+        self.max_device_bytes = MAX_DEVICE_BYTES if max_device_bytes is None else max_device_bytes
+        self.history: list[dict] = []
+        self._stop = threading.Event()
+        self._started = False
+        n = len(dataset.train_y)
+        if n == 0:
+            raise TrainingError(f"data set '{dataset.name}' has no training images")
+        b = settings.batch_size
+        # Full batches only (a permutation per epoch means every image is still seen);
+        # a data set smaller than one batch trains on one batch of everything.
+        self.steps_per_epoch = max(1, n // b)
+        self.epoch_images = min(n, self.steps_per_epoch * b)
+        self.total_steps = self.steps_per_epoch * settings.epochs
+
+    # -- public API
+
+    def stop(self) -> None:
+        """Ask the run to end before its next batch (thread-safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def data_on_device(self) -> bool:
+        """Whether the data set is copied to the device (else it streams from the host)."""
+        ds = self.dataset
+        size = sum(t.numel() * t.element_size() for t in (ds.train_x, ds.train_y, ds.test_x, ds.test_y))
+        return size <= self.max_device_bytes
+
+    def run(self) -> Iterator[dict]:
+        """Train; yields "start", "step", "epoch" and finally one "end" event."""
+        if self._started:
+            raise TrainingError("this trainer has already run; make a new one to train again")
+        self._started = True
+        benchmark = torch.backends.cudnn.benchmark
+        threads = torch.get_num_threads()
+        self._progress = {"steps": 0, "train_loss": None, "test_acc": None, "best": None,
+                          "images": 0, "train_time": 0.0, "t0": time.perf_counter()}
+        failure = None
+        try:
+            if self.device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
+            if self.device.type == "cpu" and threads > usable_cpus():
+                torch.set_num_threads(usable_cpus())
+            try:
+                yield from self._run()
+            except RuntimeError as e:
+                if not _is_oom(e) or isinstance(e, TrainingError):
+                    raise
+                failure = e
+            if failure is not None:
+                # The training frame (and its tensors) is gone now; give memory back first.
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                what = "GPU" if self.device.type == "cuda" else "memory"
+                message = (f"ran out of {what} at batch size {self.settings.batch_size}; "
+                           f"try a smaller batch size or width")
+                yield self._emit(self._end_event("failed", message))
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+
+    # -- the loop
+
+    def _emit(self, event: dict) -> dict:
+        self.history.append(event)
+        return event
+
+    def _end_event(self, status: str, message: str) -> dict:
+        p = self._progress
+        return {"type": "end", "status": status, "message": message,
+                "epochs": round(p["steps"] / self.steps_per_epoch, 4),
+                "train_loss": _finite(p["train_loss"]), "test_acc": _finite(p["test_acc"]),
+                "images_per_sec": _finite(p["images"] / p["train_time"]) if p["train_time"] > 0 else None,
+                "best_test_acc": _finite(p["best"]),
+                "elapsed_s": round(time.perf_counter() - p["t0"], 3)}
+
+    def _run(self) -> Iterator[dict]:
+        s, ds, dev, model = self.settings, self.dataset, self.device, self.model
+        p = self._progress
+        precision = Precision.for_device(dev)
+        autocast = precision.autocast(dev)
+        if precision.channels_last:
+            model.to(memory_format=torch.channels_last)
+        on_device = self.data_on_device()
+        train = _Feed(ds.train_x, ds.train_y, dev, on_device)
+        test = _Feed(ds.test_x, ds.test_y, dev, on_device)
+        optimizer = make_optimizer(model, s)
+        scaler = torch.amp.GradScaler(dev.type) if precision.use_scaler else None
+        lrs = lr_schedule(s, self.total_steps)
+        criterion = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
+        perm_gen = torch.Generator().manual_seed(s.seed)
+        aug_gen = torch.Generator().manual_seed(s.seed + 1)
+        h, w = ds.input_shape[1], ds.input_shape[2]
+        pad = max(1, round(min(h, w) / 8))
+        channels_last = precision.channels_last
+        summary = summarize(self.spec)
+        yield self._emit({
+            "type": "start", "device": str(dev), "device_name": device_name(dev),
+            "params": sum(q.numel() for q in model.parameters()), "flops": int(summary.flops),
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+            "train_size": len(ds.train_y), "test_size": len(ds.test_y),
+            "classes": list(ds.classes), "data_on_device": on_device})
+
+        b, spe = s.batch_size, self.steps_per_epoch
+        interval = s.report_interval
+        groups = optimizer.param_groups
+        step = 0
+        model.train()
+        for epoch in range(1, s.epochs + 1):
+            if self._stop.is_set():
+                break
+            order = torch.randperm(len(ds.train_y), generator=perm_gen)[:self.epoch_images]
+            if s.augment:
+                flips = (torch.rand(self.epoch_images, generator=aug_gen) < 0.5).to(dev)
+                shifts = torch.randint(-pad, pad + 1, (self.epoch_images, 2), generator=aug_gen).to(dev)
+            correct = torch.zeros((), dtype=torch.long, device=dev)
+            epoch_losses: list[float] = []
+            pending: list[torch.Tensor] = []        # per-step losses not yet read back
+            t_epoch = t_report = time.perf_counter()
+            images_report = 0
+            epoch_steps = seen = 0
+            for xb, yb in train.batches(order, b):
+                if self._stop.is_set():
+                    break
+                for g in groups:
+                    g["lr"] = lrs[step]
+                x = ds.normalize(xb)
+                if s.augment:
+                    lo = epoch_steps * b
+                    x = augment_batch(x, flips[lo:lo + len(yb)], shifts[lo:lo + len(yb)], pad)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast():
+                    out = model(x)
+                    loss = criterion(out, yb)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is None:
+                    loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                pending.append(loss.detach())
+                correct += (out.detach().argmax(1) == yb).sum()
+                step += 1
+                epoch_steps += 1
+                seen += len(yb)
+                images_report += len(yb)
+                last = epoch_steps == spe
+                now = time.perf_counter()
+                if last or now - t_report >= interval:
+                    values = torch.stack(pending).float().tolist()   # the one read-back (a sync)
+                    now = time.perf_counter()
+                    p["steps"], p["images"] = step, p["images"] + images_report
+                    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+                    if bad is not None:
+                        p["train_time"] += now - t_epoch
+                        bad_step = step - len(values) + bad + 1
+                        p["train_loss"], p["test_acc"] = values[bad], None
+                        yield self._emit(self._end_event("diverged", (
+                            f"loss became {values[bad]} at step {bad_step} (epoch {epoch}); "
+                            f"try a lower learning rate than {s.lr:g}")))
+                        return
+                    epoch_losses.extend(values)
+                    p["train_loss"] = sum(values) / len(values)
+                    elapsed = now - p["t0"]
+                    yield self._emit({
+                        "type": "step", "step": step, "epoch": round(step / spe, 4),
+                        "loss": p["train_loss"], "lr": lrs[step - 1],
+                        "images_per_sec": images_report / max(now - t_report, 1e-9),
+                        "eta_s": round(elapsed / step * (self.total_steps - step), 2),
+                        "progress": round(step / self.total_steps, 6)})
+                    pending.clear()
+                    images_report = 0
+                    t_report = time.perf_counter()
+            if pending:  # stopped mid-window: keep those losses in the record
+                values = torch.stack(pending).float().tolist()
+                epoch_losses.extend(values)
+                p["steps"], p["images"] = step, p["images"] + images_report
+                p["train_loss"] = sum(values) / len(values)
+            synchronize(dev)
+            train_time = time.perf_counter() - t_epoch
+            p["train_time"] += train_time
+            if epoch_steps < spe:        # stopped inside the epoch
+                break
+            test_loss, test_acc = self._evaluate(test, autocast, channels_last)
+            p["test_acc"] = test_acc
+            p["best"] = test_acc if p["best"] is None else max(p["best"], test_acc)
+            p["evaluated_at"] = step
+            yield self._emit({
+                "type": "epoch", "epoch": epoch,
+                "train_loss": _finite(sum(epoch_losses) / len(epoch_losses)),
+                "train_acc": correct.item() / seen,
+                "test_loss": _finite(test_loss), "test_acc": _finite(test_acc),
+                "images_per_sec": _finite(seen / max(train_time, 1e-9)),
+                "elapsed_s": round(time.perf_counter() - p["t0"], 3), "lr": lrs[step - 1]})
+        if step == self.total_steps:
+            yield self._emit(self._end_event("completed", f"trained {s.epochs} epoch(s)"))
+            return
+        if p.get("evaluated_at") != step:
+            _, p["test_acc"] = self._evaluate(test, autocast, channels_last)
+            p["best"] = p["test_acc"] if p["best"] is None else max(p["best"], p["test_acc"])
+        yield self._emit(self._end_event(
+            "stopped", f"stopped after {step} of {self.total_steps} steps "
+                       f"({step / spe:.2f} epochs)"))
+
+    def _evaluate(self, test: _Feed, autocast, channels_last: bool) -> tuple[float | None, float | None]:
+        """(mean loss, accuracy) on the test set: eval mode, no grad, batched on the device."""
+        if test.size == 0:
+            return None, None
+        model = self.model
+        was_training = model.training
+        model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        try:
+            with torch.no_grad():
+                for xb, yb in test.batches(None, 2 * self.settings.batch_size):
+                    x = self.dataset.normalize(xb)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with autocast():
+                        out = model(x)
+                    loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
+                    correct += (out.argmax(1) == yb).sum()
+        finally:
+            model.train(was_training)
+        return loss_sum.item() / test.size, correct.item() / test.size
