@@ -16,6 +16,7 @@ import html
 import inspect
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +41,8 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 EMPTY = "(empty network)"
 UPLOAD = "my images (.zip)"
 FORM_SLOTS = 10
+QUALITY_IMAGES = 32          # test images the attention-quality view scores
+ENERGY_IMAGES = 32           # test images the Compare table scores attention on
 CURVE_EVERY_S = 0.5          # the curves figure is redrawn at most twice a second
 USER_ERRORS = (SpecError, LimitError, SessionError, DatasetError, ValueError, KeyError,
                FileNotFoundError)
@@ -438,12 +441,18 @@ def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, tra
     spec = _spec(spec_state)
     name = spec.get("name", "network")
     running = [gr.update(interactive=False), gr.update(interactive=True)]
+    idle = [gr.update(interactive=True), gr.update(interactive=False)]
     keep = [gr.skip()] * 3
     yield [s, progress_html(0, "loading data and building the network…"), gr.skip(),
            f"Training **{html.escape(name)}** on {html.escape(str(dataset))}…"] + keep + running
-    import time
+    try:
+        updates = s.start_training(spec, settings, train_size=size)  # checks limits first
+    except Exception as e:
+        yield [s, progress_html(0, "not started"), gr.skip(),
+               f"⚠ Not started: {html.escape(_one_line(e))}"] + keep + idle
+        raise
     last_plot = 0.0
-    for u in s.start_training(spec, settings, train_size=size):
+    for u in updates:
         plot = gr.skip()
         now = time.monotonic()
         if u.done or (u.new_events and now - last_plot >= CURVE_EVERY_S):
@@ -452,7 +461,6 @@ def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, tra
         if not u.done:
             yield [s, progress_html(u.progress, u.text), plot, gr.skip()] + keep + running
             continue
-        idle = [gr.update(interactive=True), gr.update(interactive=False)]
         if u.run_id is None:
             gr.Warning(f"Training {u.status}: {u.message}")
             yield [s, progress_html(u.progress, u.text), plot,
@@ -574,11 +582,11 @@ def compute_view(s: Session, rec: Any, view: str, image_choice: Any, layer: str 
     elif view == "cbam":
         v = visual.cbam_view(model, x, img, layer=layer)
     elif view == "quality":
-        xb, yb, masks = sess.test_batch(ds, 64)
+        xb, yb, masks = sess.test_batch(ds, QUALITY_IMAGES)
         if masks is None:
             raise gr.Error("Attention quality needs object masks; only the shapes data set has them.")
         v = visual.attention_quality(model, xb, masks, n_steps=16)
-        note += "Scored on the first 64 test images against their object masks. "
+        note += f"Scored on the first {QUALITY_IMAGES} test images against their object masks. "
     elif view == "params_flops":
         v = visual.params_flops_view(model)
     elif view == "diagram":
@@ -604,19 +612,21 @@ def on_inspect(session_state: Any, run_id: Any, view: str, image_choice: Any, la
     img, _, _ = _inspect_image(s, rec, ds, image_choice)
     v, top5, note = compute_view(s, rec, view or "gradcam", image_choice, layer or None)
     preview = img.transpose(1, 2, 0)
+    zoom = max(1, 128 // max(preview.shape[:2]))       # what the network sees, enlarged
+    preview = preview.repeat(zoom, axis=0).repeat(zoom, axis=1)
     return [s, v.figure, top5, note, preview[:, :, 0] if preview.shape[2] == 1 else preview]
 
 
 # ============================================================================ Compare tab
 
 def attention_energy(s: Session, rec: Any) -> str:
-    """Energy-in-mask of the run's CBAM maps (else Grad-CAM) on 64 test images, cached."""
+    """Energy-in-mask of the run's CBAM maps (else Grad-CAM) on the first test images, cached."""
     if "energy" in rec.cache:
         return rec.cache["energy"]
     ds = s.dataset_for(rec)
     text = "–"
     if ds.test_masks is not None:
-        xb, _, masks = sess.test_batch(ds, 64)
+        xb, _, masks = sess.test_batch(ds, ENERGY_IMAGES)
         data = visual.attention_quality(rec.model, xb, masks, methods=("cbam", "gradcam")).data
         methods = data["methods"]
         for key, name in (("cbam", "CBAM"), ("gradcam", "Grad-CAM")):
@@ -683,7 +693,7 @@ def _exporter(fmt: str) -> Callable:
     def on_export(session_state: Any, run_id: Any, request: gr.Request = None):
         s = get_session(session_state, request)
         path = export_file(s, run_id, fmt)
-        return [s, gr.update(value=str(path), visible=True),
+        return [s, str(path),
                 f"Wrote {FORMAT_LABELS[fmt]}: `{path.name}` ({path.stat().st_size / 1024:,.1f} KiB)."]
     on_export.__name__ = f"on_export_{fmt}"
     return on_export
@@ -702,7 +712,8 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
     limits = limits or Limits.from_env()
     presets = [EMPTY] + list_presets()
     env_train_size = sess.default_train_size("shapes") or 0
-    with gr.Blocks(title="ConvScope") as demo:
+    # delete_cache: files Gradio served (exports, images) go after an hour, checked hourly.
+    with gr.Blocks(title="ConvScope", delete_cache=(3600, 3600)) as demo:
         session_state = gr.State(None, delete_callback=close_session)
         spec_state = gr.State(None)
         image_state = gr.State(None)
@@ -720,7 +731,9 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=3):
                         table = gr.Dataframe(headers=edit.TABLE_HEADERS, interactive=False, wrap=True,
-                                             label="Summary (per image, float32)", max_height=420)
+                                             label="Summary (per image, float32)", max_height=560,
+                                             column_widths=["6%", "38%", "12%", "11%", "10%", "11%",
+                                                            "12%"], elem_id="cs-summary")
                         with gr.Row():
                             layer_dd = gr.Dropdown([], label="Selected layer", scale=4)
                             up_btn = gr.Button("↑", scale=0, min_width=40)
@@ -747,13 +760,13 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
                         with gr.Accordion("All blocks", open=False):
                             gr.Markdown(edit.palette_markdown())
                         json_code = gr.Code(language="json", label="Spec (JSON) — edit and apply",
-                                            lines=12, max_lines=30, interactive=True)
+                                            lines=12, max_lines=30, interactive=True, wrap_lines=True)
                         apply_json_btn = gr.Button("Apply JSON")
                         with gr.Row():
                             save_btn = gr.Button("Save spec (.json)")
                             upload_btn = gr.UploadButton("Load spec file", file_types=[".json"],
                                                          type="filepath")
-                        spec_file = gr.File(label="Spec file", visible=False, interactive=False)
+                        spec_file = gr.File(label="Spec file", interactive=False, visible=False)
             # ------------------------------------------------------------ Train
             with gr.Tab("Train", id="train"):
                 with gr.Row():
@@ -789,12 +802,13 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
                         curves_plot = gr.Plot(label="Training curves", elem_id="cs-curves")
                         train_status = gr.Markdown(elem_id="cs-train-status")
             # ------------------------------------------------------------ Inspect
-            with gr.Tab("Inspect", id="inspect") as inspect_tab:
+            with gr.Tab("Inspect", id="inspect"):
                 inspect_note = gr.Markdown("Train a network first (Train tab).")
                 with gr.Row():
-                    with gr.Column(scale=1):
+                    with gr.Column(scale=2, min_width=420):
                         run_dd = gr.Dropdown([], label="Run")
-                        gallery = gr.Gallery(label="Test images (click one)", columns=6, height=260,
+                        gallery = gr.Gallery(label="Test images (click one)", columns=4, height=300,
+                                             object_fit="contain",
                                              allow_preview=False, elem_id="cs-gallery")
                         with gr.Accordion("Your own image", open=False):
                             upload_img = gr.Image(label="Upload", type="numpy", height=160,
@@ -807,7 +821,7 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
                                                  label="Layer")
                         show_btn = gr.Button("Show", variant="primary", elem_id="cs-show")
                         preview = gr.Image(label="Input", height=120, interactive=False)
-                    with gr.Column(scale=2):
+                    with gr.Column(scale=3):
                         view_plot = gr.Plot(label="View", elem_id="cs-view-plot")
                         with gr.Row():
                             top5 = gr.Label(num_top_classes=5, label="Top-5 prediction",
@@ -824,7 +838,7 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
                 export_run = gr.Dropdown([], label="Run")
                 with gr.Row():
                     export_btns = {fmt: gr.Button(label) for fmt, label in FORMAT_LABELS.items()}
-                export_out = gr.File(label="Download", visible=False, interactive=False)
+                export_out = gr.File(label="Download", interactive=False)
                 export_note = gr.Markdown()
 
         # ---------------------------------------------------------------- wiring
@@ -870,7 +884,6 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
 
         pick_outputs = [session_state, gallery, layer_pick, sketch, image_state, inspect_note]
         run_dd.change(on_pick_run, [session_state, run_dd], pick_outputs, api_name="pick_run")
-        inspect_tab.select(on_pick_run, [session_state, run_dd], pick_outputs, api_visibility="private")
         gallery.select(on_gallery_select, None, image_state, api_visibility="private")
         upload_img.upload(on_upload_image, upload_img, image_state, api_visibility="private")
         sketch.change(on_sketch, sketch, image_state, api_visibility="private")

@@ -30,7 +30,7 @@ MAX_CLASSES = 100_000
 # Bounds on what one spec may ask for, so that checking any spec stays well under 2 s and
 # building one never exhausts memory: leaf modules (torchvision's DenseNet-201 has 606,
 # ResNet-152 364) and parameters (VGG-16 has 138 M; 500 M float32 weights are 2 GB).
-MAX_MODULES = 2000
+MAX_MODULES = 1000
 MAX_PARAMETERS = 500_000_000
 MAX_SPEC_BYTES = 5 * 1024 * 1024   # spec text, see load_spec_text
 MAX_JSON_DEPTH = 64
@@ -113,7 +113,7 @@ def normalize_spec(spec: Any) -> dict:
         first_extra = layers[MAX_LAYERS]
         block = first_extra.get("block") if isinstance(first_extra, dict) else None
         raise SpecError(f"the spec has {len(layers)} layers; at most {MAX_LAYERS} are allowed",
-                        layer=MAX_LAYERS, block=block[:60] if isinstance(block, str) else None)
+                        layer=MAX_LAYERS, block=block if _is_block(block) else None)
     for key in ("dataset", "notes"):
         if key in spec:
             out[key] = spec[key]
@@ -129,9 +129,16 @@ def normalize_spec(spec: Any) -> dict:
     return out
 
 
+def _is_block(name: Any) -> bool:
+    try:
+        return isinstance(name, str) and get_block(name) is not None
+    except KeyError:
+        return False
+
+
 def _keys(keys) -> str:
     """Unknown keys for a message: quoted, sorted, at most five."""
-    names = sorted(f"'{k[:40]}'" if isinstance(k, str) else short_repr(k, 40) for k in keys)
+    names = sorted(short_repr(k, 40) for k in keys)
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
@@ -145,7 +152,7 @@ def _normalize_layer(i: int, layer: Any) -> dict:
     try:
         info = get_block(name)
     except KeyError:
-        raise SpecError(f"unknown block '{name[:60]}'; `python -m lab blocks` lists them",
+        raise SpecError(f"unknown block {short_repr(name)}; `python -m lab blocks` lists them",
                         layer=i) from None
     unknown = set(layer) - LAYER_KEYS
     if unknown:
@@ -297,6 +304,16 @@ def build(spec: Any, device: str | torch.device = "cpu") -> Network:
             try:
                 with torch.device("meta"):
                     meta = info.factory(shape, **p)
+                # the budget before the (costlier) shape inference
+                leaves, weights = _count(meta)
+                n_modules, n_params = n_modules + leaves, n_params + weights
+                if n_modules > MAX_MODULES:
+                    raise SpecError(f"the network reaches {n_modules:,} modules here; at most "
+                                    f"{MAX_MODULES:,} are allowed (fewer repeats or dense layers)")
+                if n_params > MAX_PARAMETERS:
+                    raise SpecError(f"the network reaches {_human(n_params)} parameters here; at "
+                                    f"most {_human(MAX_PARAMETERS)} are allowed (lower the channels "
+                                    f"or width)")
                 new_shape = shapes.get(key) or _out_shape(meta, shape)
             except SpecError as e:  # raised by a factory with a precise message
                 raise SpecError(e.problem, layer=i, block=info.name) from None
@@ -306,16 +323,6 @@ def build(spec: Any, device: str | torch.device = "cpu") -> Network:
                 raise SpecError(f"input {_describe(shape)} gives an empty output {_describe(new_shape)}",
                                 layer=i, block=info.name)
             shapes[key] = new_shape
-            leaves, weights = _count(meta)
-            n_modules, n_params = n_modules + leaves, n_params + weights
-            if n_modules > MAX_MODULES:
-                raise SpecError(f"the network reaches {n_modules:,} modules here; at most "
-                                f"{MAX_MODULES:,} are allowed (fewer repeats or dense layers)",
-                                layer=i, block=info.name)
-            if n_params > MAX_PARAMETERS:
-                raise SpecError(f"the network reaches {_human(n_params)} parameters here; at most "
-                                f"{_human(MAX_PARAMETERS)} are allowed (lower the channels or width)",
-                                layer=i, block=info.name)
             if str(device) != "meta":
                 with torch.device(device):
                     meta = info.factory(shape, **p)

@@ -373,7 +373,16 @@ def describe_layer(layer: dict) -> str:
     return f"{layer.get('block')}({inner})" + (f" ×{rep}" if rep != 1 else "")
 
 
-TABLE_HEADERS = ["#", "layer", "output", "params", "FLOPs", "activations", "problem"]
+TABLE_HEADERS = ["#", "layer", "output", "params", "FLOPs", "act. mem", "problem"]
+
+
+def short(n: float, unit: str = "") -> str:
+    """A compact number for narrow columns: 884736 -> '885k', 19283456 -> '19.3M'."""
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            v = n / div
+            return f"{v:.3g}{suffix}{unit}" if v < 1000 else f"{v:.0f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
 
 
 def layer_table(spec: dict) -> tuple[list[list], str]:
@@ -382,7 +391,7 @@ def layer_table(spec: dict) -> tuple[list[list], str]:
     When the spec builds: output shape, parameters, FLOPs and activation memory per layer
     plus a total row. When it does not: the layers with the problem on the offending row.
     """
-    from blocks.summary import human, summarize
+    from blocks.summary import summarize
     layers = spec.get("layers") if isinstance(spec, dict) else None
     if not layers:
         return [], "The network is empty: add layers from the palette, or load a preset."
@@ -397,9 +406,9 @@ def layer_table(spec: dict) -> tuple[list[list], str]:
     rows = []
     for r, layer in zip(s.layers, layers):
         rows.append([r.index, describe_layer(layer), "×".join(map(str, r.out_shape)),
-                     f"{r.params:,}", human(r.flops), human(r.activation_bytes, "B"), ""])
-    rows.append(["", "total", "", f"{s.params:,}", human(s.flops),
-                 human(s.activation_bytes, "B"), ""])
+                     f"{r.params:,}", short(r.flops), short(r.activation_bytes, "B"), ""])
+    rows.append(["", "total", "", f"{s.params:,}", short(s.flops),
+                 short(s.activation_bytes, "B"), ""])
     status = (f"✓ {s.name}: input {'×'.join(map(str, s.input))}, {s.classes} classes — "
-              f"{human(s.params)} parameters, {human(s.flops)}FLOPs per image")
+              f"{short(s.params)} parameters, {short(s.flops)} FLOPs per image")
     return rows, status

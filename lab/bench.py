@@ -40,6 +40,11 @@ class BenchOptions:
     def seconds(self) -> float:
         return self.round_seconds if self.round_seconds is not None else (1.0 if self.quick else 4.0)
 
+    @property
+    def min_steps(self) -> int:
+        """Timed steps per round at least (slow models get fewer than `seconds` asks)."""
+        return 3 if self.quick else 5
+
 
 Case = Callable[[BenchOptions], dict]
 _CASES: dict[str, Case] = {}
@@ -143,7 +148,7 @@ def _trainer_round(spec: dict, ds, settings: TrainSettings, warmup: int) -> tupl
 
 
 def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int = 128,
-                     warmup: int = 5) -> dict:
+                     warmup: int = 3) -> dict:
     """Trainer vs bare loop on the same model, data and device; alternating rounds."""
     device = choose_device(options.device)
     spec = prepare_spec(spec, ds.input_shape, len(ds.classes))
@@ -151,7 +156,7 @@ def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int = 12
     # Calibrate: how many steps make a round of about `options.seconds`?
     images, secs = _bare_round(spec, _tiled(ds, (warmup + 3) * batch_size, 0), probe, device, warmup, 3)
     per_step = secs / 3
-    steps = int(min(5000, max(20, math.ceil(options.seconds / max(per_step, 1e-6)))))
+    steps = int(min(5000, max(options.min_steps, math.ceil(options.seconds / max(per_step, 1e-6)))))
     data = _tiled(ds, (warmup + steps) * batch_size, batch_size)
     settings = dataclasses.replace(probe, report_interval=TrainSettings.report_interval)
     rounds = []
@@ -199,3 +204,6 @@ def format_result(result: dict) -> str:
                 f"(rounds: {spread})")
     fields = ", ".join(f"{k} {v}" for k, v in result.items() if k != "name" and not isinstance(v, (list, dict)))
     return f"{result['name']}: {fields}"
+
+
+import lab.bench_inspect  # noqa: E402,F401  (registers the inspection cases)

@@ -8,11 +8,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from blocks import SpecError, load_spec_text
+from blocks.builder import MAX_SPEC_BYTES
 from blocks.summary import format_table, summarize
 from lab.cli import UsageError
 from presets import load_preset
 
-MAX_SPEC_BYTES = 5 * 1024 * 1024
 _SHAPE = re.compile(r"^\s*(\d{1,6})\s*[x×X,]\s*(\d{1,6})\s*[x×X,]\s*(\d{1,6})\s*$")
 
 
@@ -32,22 +33,20 @@ def add_override_args(p: argparse.ArgumentParser) -> None:
 
 
 def read_spec_file(path: str) -> dict:
-    """A spec from a JSON file of at most 5 MB; UsageError with one line otherwise."""
+    """A spec from a JSON file of at most 5 MB (blocks.load_spec_text's rules: UTF-8, JSON,
+    nested at most 64 deep); UsageError or SpecError with one line naming the file otherwise."""
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"spec file '{path}' does not exist or is not a file")
     size = p.stat().st_size
-    if size > MAX_SPEC_BYTES:
+    if size > MAX_SPEC_BYTES:  # checked before reading, so a huge file is never loaded
         raise UsageError(f"spec file '{path}' is {size / 2**20:.1f} MB; at most 5 MB is accepted")
     try:
-        data = json.loads(p.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UsageError(f"spec file '{path}' is not UTF-8 text (a JSON spec is expected)") from None
-    except json.JSONDecodeError as e:
-        raise UsageError(f"spec file '{path}' is not valid JSON: {e.msg} at line {e.lineno}, "
-                         f"column {e.colno}") from None
-    except RecursionError:
-        raise UsageError(f"spec file '{path}' is nested too deeply to be a spec") from None
+        data = load_spec_text(p.read_bytes())
+    except OSError as e:
+        raise UsageError(f"spec file '{path}' cannot be read: {e.strerror or e}") from None
+    except SpecError as e:
+        raise SpecError(f"spec file '{path}': {e}") from None
     if isinstance(data, dict) and ("small_layers" in data or "default" in data):
         raise UsageError(f"'{path}' is a preset file, not a spec; use --preset {p.stem}")
     if not isinstance(data, dict):

@@ -106,7 +106,7 @@ _SQUARE = {"kernel_size", "stride", "padding", "dilation", "output_padding"}
 # What the generated file binds at the top; copied methods may use these names.
 _MODULES = {"torch": torch, "nn": nn, "F": F, "math": math}
 _RESERVED = {"annotations", "argparse", "os", "sys", "time", "dist", "OrderedDict", "SPEC",
-             "INPUT_SHAPE", "NUM_CLASSES", "CLASSES", "MEAN", "STD", "_Module", "_Sequential",
+             "INPUT_SHAPE", "NUM_CLASSES", "CLASSES", "MEAN", "STD", "_Module", "_Sequential", "_init",
              "_Buffer", "build_model"}
 # Attributes every nn.Module has; not part of a block's state.
 _INTERNAL = set(vars(nn.Module())) | set(vars(nn.Sequential()))
@@ -141,8 +141,9 @@ class _Module(nn.Module):
         for name, module in (modules or {}).items():
             self.add_module(name, module)
         _init(self, attrs)
+'''
 
-
+_PRELUDE_SEQUENTIAL = '''
 class _Sequential(nn.Sequential):
     """`_Module` for blocks that are an nn.Sequential with methods of their own."""
 
@@ -154,9 +155,15 @@ class _Sequential(nn.Sequential):
 
 def _literal(value: Any, what: str) -> str:
     """Python source for a plain value, or ExportError."""
-    if value is None or isinstance(value, (bool, int, str)):
+    # Builtin types first: numpy scalars subclass them but repr as "np.float64(…)".
+    if value is None or isinstance(value, bool):
         return repr(value)
+    if isinstance(value, int):
+        return repr(int(value))
+    if isinstance(value, str):
+        return repr(str(value))
     if isinstance(value, float):
+        value = float(value)
         return repr(value) if math.isfinite(value) else f"float({str(value)!r})"
     if isinstance(value, (tuple, list)):
         items = [_literal(v, what) for v in value]
@@ -171,12 +178,13 @@ def _literal(value: Any, what: str) -> str:
                       f"write as a constant")
 
 
-def _tensor_expr(t: torch.Tensor, what: str, values: bool) -> str:
-    """Source for a tensor: its values (small ones) or zeros of its shape (filled by load())."""
+def _tensor_expr(t: torch.Tensor, what: str, in_state_dict: bool) -> str:
+    """Source for a tensor: its values when small, else zeros of its shape, which is only
+    right for state_dict entries (load() fills them in)."""
     dtype = str(t.dtype)
-    if not values:
-        return f"torch.zeros({tuple(t.shape)!r}, dtype={dtype})"
     if t.numel() > MAX_LITERAL_TENSOR:
+        if in_state_dict:
+            return f"torch.zeros({tuple(t.shape)!r}, dtype={dtype})"
         raise ExportError(f"{what} is a {t.numel():,}-element tensor that is not in the state_dict; "
                           f"the standalone file can only write small ones ({MAX_LITERAL_TENSOR:,})")
     data = _literal(t.detach().cpu().tolist(), what)
@@ -246,6 +254,8 @@ def _function_source(func: Callable, what: str) -> tuple[str, ast.FunctionDef]:
     node = tree.body[0] if tree.body else None
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         raise ExportError(f"{what} is not a plain def; the standalone file cannot copy it")
+    if node.name != func.__name__:   # the file changed on disk after it was imported
+        raise ExportError(f"{what}: its source file changed since ConvScope started; restart it")
     if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(node)):
         raise ExportError(f"{what} imports inside its body; the standalone file needs torch alone")
     return source.rstrip() + "\n", node
@@ -260,7 +270,8 @@ class SourceWriter:
         self._class_of: dict[str, type] = {}
         self.helpers: dict[str, str] = {}        # functions, constants and aliases
         self._helper_of: dict[str, Any] = {}
-        self.needs: set[str] = set()             # "_Module", "_Sequential", "_Buffer"
+        self.class_aliases: list[str] = []       # `Alias = Class` lines, after the classes
+        self.needs: set[str] = set()             # optional prelude parts ("_Sequential")
 
     # -- names
 
@@ -273,7 +284,10 @@ class SourceWriter:
             if name in other and other is not table:
                 raise ExportError(f"{what}: two different objects are both named '{name}'")
         if name in table:
-            if table[name] is not obj:
+            old = table[name]
+            same = old is obj or (type(old) is type(obj) and isinstance(obj, (int, float, str, tuple))
+                                  and old == obj)
+            if not same:
                 raise ExportError(f"{what}: two different objects are both named '{name}'")
             return False
         table[name] = obj
@@ -296,8 +310,8 @@ class SourceWriter:
         if isinstance(value, type) and issubclass(value, nn.Module):
             if _qualname(value) in VENDORED or not _is_torch(value):
                 written = self.add_class(value)
-                if written != name:
-                    self._add_helper(name, value, f"{name} = {written}\n", what)
+                if written != name and self._claim(name, value, self._helper_of, what):
+                    self.class_aliases.append(f"{name} = {written}\n")
                 return
             if getattr(nn, value.__name__, None) is value:
                 self._add_helper(name, value, f"{name} = nn.{value.__name__}\n", what)
@@ -454,7 +468,7 @@ class SourceWriter:
             elif isinstance(value, torch.Tensor):
                 # Written but never read by forward: an inspection cache (the last attention
                 # map); read: a constant of the block.
-                attrs.append(f"{key}={_tensor_expr(value, what, True)}"
+                attrs.append(f"{key}={_tensor_expr(value, what, False)}"
                              if _reads_attr(methods_source, key) else f"{key}=None")
             else:
                 try:
@@ -472,11 +486,11 @@ class SourceWriter:
             if t is None:
                 attrs.append(f"{key}=None")
                 continue
-            self.needs.add("_Buffer")
             if key in persistent_off:
-                attrs.append(f"{key}=_Buffer({_tensor_expr(t, f'{path}.{key}', True)}, persistent=False)")
+                value = _tensor_expr(t, f"{path}.{key}", False)
+                attrs.append(f"{key}=_Buffer({value}, persistent=False)")
             else:
-                attrs.append(f"{key}=_Buffer({_tensor_expr(t, f'{path}.{key}', False)})")
+                attrs.append(f"{key}=_Buffer({_tensor_expr(t, f'{path}.{key}', True)})")
         tail = ", ".join(attrs)
         if not children:
             return f"{name}({tail})"
@@ -487,8 +501,12 @@ class SourceWriter:
     def code(self) -> str:
         """Prelude, helpers and classes, in an order Python can execute."""
         parts = [_PRELUDE.strip() + "\n"]
+        if "_Sequential" in self.needs:
+            parts.append(_PRELUDE_SEQUENTIAL.strip() + "\n")
         parts += [self.helpers[n] for n in self.helpers]
         parts += [self.classes[n] for n in self.classes]
+        if self.class_aliases:
+            parts.append("".join(self.class_aliases))
         return "\n\n".join(p.rstrip() + "\n" for p in parts)
 
 
@@ -568,7 +586,8 @@ def generate(model: nn.Module, *, name: str, filename: str, input_shape: tuple[i
     tree = writer.expr(model)
     code = writer.code()
     header = _HEADER.format(name=name.replace('"""', "'''").replace("\\", "/"), file=filename,
-                            module=Path(filename).stem)
+                            module=Path(filename).stem,
+                            torch_version=torch.__version__.split("+")[0])
     constants = [
         _constant("SPEC", spec, "The ConvScope spec this file was generated from (for reference)."),
         _constant("INPUT_SHAPE", tuple(input_shape), "One input image: (channels, height, width)."),
@@ -591,9 +610,10 @@ def generate(model: nn.Module, *, name: str, filename: str, input_shape: tuple[i
 _HEADER = '''#!/usr/bin/env python3
 """{name}: a standalone PyTorch network exported by ConvScope.
 
-This file needs PyTorch alone to define the network: no ConvScope, no torchvision.
-Weights are read and written as .safetensors (never pickles), which needs the small
-`safetensors` package (`pip install safetensors`); NumPy is needed only for .npz data.
+This file needs PyTorch alone to define the network: no ConvScope, no torchvision
+(generated with PyTorch {torch_version}). Weights are read and written as .safetensors,
+never as pickles, which needs the small `safetensors` package (pip install safetensors);
+NumPy is needed only for .npz training data.
 
     python {file} check --weights weights.safetensors   # load, run a random batch, print shapes
     python {file} train --synthetic --epochs 1           # smoke test on random images

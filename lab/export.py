@@ -8,6 +8,7 @@ with a one-line message.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import json
 import os
@@ -57,16 +58,13 @@ def _input_shape(model: nn.Module, input_shape) -> tuple[int, ...]:
     return tuple(int(s) for s in input_shape)
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode for the block, then every submodule's own training flag back."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+def _eval_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy: exporting never flips the flags of a model that may be training
+    in another thread (the app's), nor fills its inspection caches."""
     try:
-        yield model
-    finally:
-        for m, training in flags:
-            m.training = training
+        return copy.deepcopy(model).eval()
+    except Exception as e:  # a module holding something uncopyable (a lock, a file)
+        raise ExportError(f"the model cannot be copied for export: {type(e).__name__}: {e}") from e
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -110,9 +108,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape=None,
     except ImportError:
         raise ExportError("ONNX export needs the onnx and onnxscript packages: "
                           "pip install onnx onnxscript") from None
+    model = _eval_copy(model)
     sample = torch.randn(2, *shape, device=_device(model))  # 2, not 1: keep the batch dynamic
     batch = torch.export.Dim("batch")
-    with _eval_mode(model), _atomic(path) as tmp:
+    with _atomic(path) as tmp:
         try:
             program = torch.onnx.export(model, (sample,), dynamo=True, input_names=["input"],
                                         output_names=["logits"], dynamic_shapes=({0: batch},),
@@ -159,16 +158,22 @@ def export_py(model: nn.Module, path: str | os.PathLike, *, mean=None, std=None,
     written: its network must have this model's state_dict layout and, on CPU, its outputs."""
     path = Path(path)
     shape = _input_shape(model, input_shape)
+    model = _eval_copy(model)
     spec = _spec_of(model)
     name = str(spec.get("name", "network")) if spec else type(model).__name__
     if mean is not None and std is not None and not (len(mean) == len(std) == shape[0]):
         raise ExportError(f"mean and std need one value per input channel ({shape[0]})")
     if (mean is None) != (std is None):
         raise ExportError("give both mean and std, or neither")
-    with _eval_mode(model):
-        sample = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    sample = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    try:
         with torch.no_grad():
             expected = model(sample.to(_device(model)))
+    except Exception as e:
+        raise ExportError(f"the model fails on a {tuple(sample.shape)} input: "
+                          f"{type(e).__name__}: {e}") from e
+    if not isinstance(expected, torch.Tensor) or expected.dim() != 2:
+        raise ExportError("the model must return (N, classes) logits for the standalone file")
     num_classes = int(expected.shape[1])
     if classes is not None and len(classes) != num_classes:
         raise ExportError(f"{len(classes)} class names for a network with {num_classes} outputs")
@@ -183,8 +188,11 @@ def export_py(model: nn.Module, path: str | os.PathLike, *, mean=None, std=None,
 def _verify(source: str, model: nn.Module, sample: torch.Tensor, expected: torch.Tensor) -> None:
     """Run the generated file's build_model(); refuse a file that would not match the model."""
     namespace: dict[str, Any] = {"__name__": "convscope_export_check"}
-    exec(compile(source, "<standalone export>", "exec"), namespace)  # our own generated code
-    twin = namespace["build_model"]()
+    try:
+        exec(compile(source, "<standalone export>", "exec"), namespace)  # our generated code
+        twin = namespace["build_model"]()
+    except Exception as e:  # a generator bug or a block's source edited since import
+        raise ExportError(f"the generated file does not build: {type(e).__name__}: {e}") from e
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in twin.state_dict().items()}
     if ours != theirs:

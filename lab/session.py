@@ -532,11 +532,10 @@ def prepare_sketch(value: Any, input_shape: tuple[int, int, int] | list) -> Any:
     if a is None:
         return None
     a = np.asarray(a)
-    if a.ndim == 3 and a.shape[2] == 4:
+    if a.ndim == 3 and a.shape[2] == 4 and a[:, :, 3].min() < 255:
         ink = a[:, :, 3].astype(np.float32)          # strokes are opaque on a clear canvas
-        if ink.max() == 0:
-            ink = 255 - a[:, :, :3].mean(axis=2)
     else:
+        a = a[:, :, :3] if a.ndim == 3 else a        # an opaque canvas: ink is what differs
         grey = a.mean(axis=2) if a.ndim == 3 else a.astype(np.float32)
         ink = 255 - grey if grey.mean() > 127 else grey
     ink = np.clip(ink, 0, 255).astype(np.uint8)

@@ -50,7 +50,6 @@ def test_subprocess_summary_json_of_a_preset():
 
 @pytest.mark.parametrize("args, message", [
     (["summary", "--preset", "ResNet-19"], "error: unknown preset 'ResNet-19'; presets: LeNet-5, "),
-    (["summary", "--preset", "resnet18", "--input", "3x32"], "error: --input must look like 3x224x224"),
     (["summary"], "error: one of the arguments --preset --spec is required"),
 ])
 def test_subprocess_errors_are_one_line_with_status_2(args, message):
@@ -102,7 +101,7 @@ def test_presets_json_at_each_default_input(capsys, monkeypatch, preset_rows):
     monkeypatch.setattr(lab.cmd_presets, "preset_rows",
                         lambda *a: calls.append(a) or preset_rows)  # summarised once, in the fixture
     code, out, _ = call(capsys, "presets", "--json")
-    assert code == 0 and calls == [(None, None, None)]
+    assert code == 0 and calls == [(None, None, None, [])]
     rows = json.loads(out)
     assert [r["name"] for r in rows] == presets.list_presets()
     by = {r["name"]: r for r in rows}
@@ -119,15 +118,26 @@ def test_presets_json_at_each_default_input(capsys, monkeypatch, preset_rows):
     assert "11,689,512" in lines[7] and "3.63G" in lines[7]
 
 
-def test_presets_with_overrides(capsys):
-    from lab.cmd_presets import preset_rows
-    rows = preset_rows([1, 28, 28], 10, 0.25)
-    assert {tuple(r["input"]) for r in rows} == {(1, 28, 28)}
-    by = {r["name"]: r for r in rows}
-    assert by["ResNet-18 + CBAM"]["params"] == summarize(
-        presets.load_preset("ResNet-18 + CBAM", (1, 28, 28), 10, 0.25)).params
-    code, _, err = call(capsys, "presets", "--input", "3by32by32")
-    assert code == 2 and err.startswith("error: --input must look like 3x224x224")
+def test_presets_by_name_with_overrides(capsys):
+    code, out, _ = call(capsys, "presets", "resnet18_cbam", "LeNet-5", "--input", "1x28x28",
+                        "--classes", "10", "--width", "0.25", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["name"] for r in rows] == ["ResNet-18 + CBAM", "LeNet-5"]
+    assert {(tuple(r["input"]), r["classes"], r["width"]) for r in rows} == {((1, 28, 28), 10, 0.25)}
+    s = summarize(presets.load_preset("ResNet-18 + CBAM", (1, 28, 28), 10, 0.25))
+    assert (rows[0]["params"], rows[0]["flops"]) == (s.params, s.flops)
+    # LeNet-5 at width 0.25: conv 1->2 (5·5·2 + 2), conv 2->4 (2·25·4 + 4), 4·5·5->30, 30->21, 21->10
+    assert rows[1]["params"] == 52 + 204 + (100 * 30 + 30) + (30 * 21 + 21) + (21 * 10 + 10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--input", "3by32by32"], "error: --input must look like 3x224x224"),
+    (["AlexNet", "nope"], "error: unknown preset 'nope'; presets: LeNet-5, AlexNet"),
+])
+def test_presets_errors(capsys, args, message):
+    code, out, err = call(capsys, "presets", *args)
+    assert code == 2 and out == "" and err.startswith(message) and err.count("\n") == 1
 
 
 # --- summary -------------------------------------------------------------------------------------
@@ -173,9 +183,9 @@ def test_summary_overrides_apply_to_a_spec_file(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ("{oops", "is not valid JSON: Expecting property name enclosed in double quotes at line 1, column 2"),
+    ("{oops", "': spec is not valid JSON: line 1 column 2: Expecting property name enclosed in double quotes"),
     ("[1, 2]", "must hold a JSON object with 'layers', got a JSON list"),
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("[" * 100_000 + "]" * 100_000, "': spec is nested 100000 levels deep; the limit is 64"),
     ({"layers": [{"block": "warp_drive"}]}, "layer 0: unknown block 'warp_drive'"),
     ({"layers": []}, "'layers' must be a non-empty list"),
     ({"input": [1, 8, 8], "layers": [{"block": "conv", "params": {"kernel": 11, "padding": 0}},
@@ -195,7 +205,7 @@ def test_spec_file_not_utf8_or_missing_or_too_big(capsys, tmp_path):
     binary = tmp_path / "weights.bin"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     code, _, err = call(capsys, "summary", "--spec", str(binary))
-    assert code == 2 and "is not UTF-8 text" in err
+    assert code == 2 and err == f"error: spec file '{binary}': spec file is not UTF-8 text: byte 0\n"
 
     code, _, err = call(capsys, "summary", "--spec", str(tmp_path / "nope.json"))
     assert code == 2 and "does not exist or is not a file" in err
@@ -217,7 +227,7 @@ def test_spec_file_not_utf8_or_missing_or_too_big(capsys, tmp_path):
     (["--preset", "resnet18", "--input", "3x32x32x3"], "--input must look like 3x224x224"),
     (["--preset", "resnet18", "--width", "0"], "'width' must be a number in (0, 4]"),
     (["--preset", "resnet18", "--classes", "0"], "'classes' must be an integer from 1"),
-    (["--preset", "vgg11", "--input", "3x16x15"], "layer 3 (vgg_block): input is 1×1"),
+    (["--preset", "vgg11", "--input", "3x16x15"], "layer 3 (vgg_block): input is 2×1 but its 2×2 pool"),
 ])
 def test_impossible_settings_give_one_line(capsys, args, message):
     code, out, err = call(capsys, "summary", *args)

@@ -81,6 +81,7 @@ SPECS = {
             {"block": "inverted_residual", "params": {"out": 32, "expand": 1}},
             {"block": "inverted_residual", "params": {"out": 48, "stride": 2, "attention": "se"}},
             {"block": "depthwise_conv", "params": {"norm": "none", "act": "none"}},
+            {"block": "sigmoid"},
             {"block": "pointwise_conv", "params": {"out": 64}},
             {"block": "grouped_conv", "params": {"out": 64, "groups": 4}},
             {"block": "transposed_conv", "params": {"out": 32}},
@@ -89,7 +90,6 @@ SPECS = {
             {"block": "swish"},
             {"block": "vgg_block", "params": {"out": 32, "convs": 2, "norm": "batch"}},
             {"block": "nin_block", "params": {"out": 32, "kernel": 3, "padding": 1}},
-            {"block": "sigmoid"},
             {"block": "linear"},
         ]},
 }
@@ -103,20 +103,25 @@ ALLOWED_IMPORTS = {"__future__", "argparse", "math", "os", "sys", "time", "colle
 
 
 def randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Weights and BatchNorm statistics away from their initial values (but sane in scale),
-    so that matching outputs mean matching computations."""
+    """Weights away from their initialisation and BatchNorm statistics measured on random
+    inputs (as after training), so that matching outputs mean matching computations."""
     gen = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            noise = torch.randn(t.shape, generator=gen)
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-            elif name.endswith(("running_mean", "bias")):
-                t.copy_(0.1 * noise)
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name.endswith("bias"):
+                p.copy_(0.1 * noise)
             else:
-                t.mul_(1 + 0.3 * noise).add_(0.05 * noise)
+                p.mul_(1 + 0.3 * noise).add_(0.05 * noise)
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None              # a plain average over the batches below
+        model.train()
+        for _ in range(3):
+            model(torch.randn(8, *model.spec["input"], generator=gen))
+        for m in norms:
+            m.momentum = 0.1
     return model.eval()
 
 
@@ -198,7 +203,7 @@ def test_specs_cover_every_registered_block():
 def test_standalone_file_reproduces_eval_logits_for_every_block(exported):
     for key in SPECS:
         want, got = exported["expected"][key]["eval"], exported["got"][key]["eval"]
-        assert want.std(dim=0).mean() > 1e-4, f"{key}: degenerate logits make a weak test"
+        assert want.std(dim=0).mean() > 1e-3, f"{key}: degenerate logits make a weak test"
         assert got.shape == want.shape
         assert torch.allclose(got, want, atol=1e-5), f"{key}: {(got - want).abs().max()}"
 
@@ -242,7 +247,7 @@ def test_standalone_file_names_the_network_and_uses_the_block_names(exported):
                  "def forward_parts(self", "class SqueezeExcite(_Module)", "def build_model()"):
         assert name in text
     mod_text = (exported["root"] / "mobile_mix.py").read_text(encoding="utf-8")
-    assert "class DropBlock2d(nn.Module)" in mod_text and "torchvision" not in mod_text
+    assert "class DropBlock2d(nn.Module)" in mod_text and "DropBlock2d(0.2, 3)" in mod_text
 
 
 def test_torch_only_dropblock_matches_torchvision():
@@ -313,12 +318,25 @@ class UsesNumpy(nn.Module):
         return x * np.float32(2)
 
 
+class BigTable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.ones(5000), persistent=False)
+
+    def forward(self, x):
+        return x * self.table[0]
+
+
 def test_export_refuses_what_torch_alone_cannot_express(tmp_path):
     with pytest.raises(ExportError, match="UsesNumpy.forward uses 'np'"):
         export_py(nn.Sequential(UsesNumpy(), nn.Flatten()), tmp_path / "a.py", input_shape=(1, 2, 2))
-    with pytest.raises(ExportError, match="does not support yet"):
-        export_py(nn.Sequential(nn.Flatten(), nn.Bilinear(4, 4, 2)), tmp_path / "b.py",
-                  input_shape=(1, 2, 2))
+    with pytest.raises(ExportError, match="torch.nn.modules.activation.PReLU, which the "
+                       "standalone export does not support yet"):
+        export_py(nn.Sequential(nn.Flatten(), nn.PReLU()), tmp_path / "b.py", input_shape=(1, 2, 2))
+    with pytest.raises(ExportError, match=r"the model fails on a \(2, 1, 2, 2\) input"):
+        export_py(nn.Bilinear(4, 4, 2), tmp_path / "b.py", input_shape=(1, 2, 2))
+    with pytest.raises(ExportError, match="5,000-element tensor that is not in the state_dict"):
+        export_py(nn.Sequential(BigTable(), nn.Flatten()), tmp_path / "e.py", input_shape=(1, 2, 2))
     with pytest.raises(ExportError, match="no spec; pass input_shape"):
         export_py(nn.Linear(2, 2), tmp_path / "c.py")
     with pytest.raises(ExportError, match="one value per input channel"):
@@ -343,13 +361,13 @@ def test_standalone_check_and_synthetic_training_learn(tiny, capsys):
     assert mod.main(["check", "--weights", str(path.with_suffix(".safetensors"))]) == 0
     assert "input (2, 3, 8, 8) -> output (2, 4); " in capsys.readouterr().out
     out = path.parent / "trained.safetensors"
-    assert mod.main(["train", "--synthetic", "256", "--epochs", "5", "--batch-size", "32",
+    assert mod.main(["train", "--synthetic", "256", "--epochs", "3", "--batch-size", "32",
                      "--lr", "0.01", "--out", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     epochs = [line for line in lines if line.startswith("epoch ")]
-    assert len(epochs) == 5 and "(256 images" in epochs[-1] and "(64 images)" in epochs[-1]
+    assert len(epochs) == 3 and "(256 images" in epochs[-1] and "(64 images)" in epochs[-1]
     test_acc = float(re.search(r"test loss \S+  acc (\S+)", epochs[-1]).group(1))
-    assert test_acc > 0.6          # 4 classes: chance is 0.25
+    assert test_acc > 0.9          # 4 classes: chance is 0.25
     trained = mod.load(out)       # strict load into a fresh build
     assert not torch.equal(trained.state_dict()["layers.3.weight"], model.state_dict()["layers.3.weight"])
 
@@ -452,7 +470,7 @@ def test_safetensors_export_is_contiguous_exact_and_carries_the_spec(tmp_path):
     model = randomize(blocks.build(SPECS["resnet_cbam"]), seed=1).to(memory_format=torch.channels_last)
     path = export_safetensors(model, tmp_path / "w.safetensors")
     loaded = load_file(str(path))
-    assert list(loaded) == sorted(model.state_dict())  # safetensors sorts its keys
+    assert set(loaded) == set(model.state_dict())
     assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
     with safe_open(str(path), "pt") as f:
         assert json.loads(f.metadata()["convscope_spec"]) == model.spec

@@ -37,6 +37,15 @@ SPEC = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two busy torch threads on a shared 2-core machine spin against each other (10× slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def net() -> blocks.Network:
     torch.manual_seed(0)
@@ -318,7 +327,8 @@ def test_cbam_view_matches_the_formula(net, batch):
         mlp = cbam.channel.mlp
         mc = torch.sigmoid(mlp(f.mean(dim=(2, 3))) + mlp(f.amax(dim=(2, 3))))
         f1 = f * mc[:, :, None, None]
-        ms = torch.sigmoid(cbam.spatial.conv(torch.cat([f1.mean(1, keepdim=True), f1.amax(1, keepdim=True)], 1)))
+        pooled = torch.cat([f1.mean(1, keepdim=True), f1.amax(1, keepdim=True)], 1)
+        ms = torch.sigmoid(cbam.spatial.conv(pooled))
     view = cbam_view(net, x[:1], images[0])          # last CBAM by default
     assert view.data["layer"] == name
     assert np.allclose(view.data["channel"], mc[0].numpy(), atol=1e-5)
@@ -440,7 +450,8 @@ def test_confusion_matrix_and_per_class_accuracy(net, batch):
     assert view.data["accuracy"] == pytest.approx(float((pred == y).double().mean()), abs=1e-6)
     for k in range(10):
         sel = y == k
-        assert view.data["per_class_accuracy"][k] == pytest.approx(float((pred[sel] == k).double().mean()), abs=1e-6)
+        expected = float((pred[sel] == k).double().mean())
+        assert view.data["per_class_accuracy"][k] == pytest.approx(expected, abs=1e-6)
 
 
 def _events(n_steps: int, epochs: int) -> list[dict]:

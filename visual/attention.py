@@ -14,8 +14,8 @@ from plotly.subplots import make_subplots
 from blocks.library.attention import CBAM
 from visual.hooks import inspection_mode, keeping_weights, model_device
 from visual.layers import get_module, resolve_layer
-from visual.render import (as_numpy, heat_overlay, image_trace, rounded, style_image_axes, to_rgb,
-                           upsample)
+from visual.render import (as_numpy, colorbar_beside, heat_overlay, image_trace, rounded,
+                           style_image_axes, to_rgb, upsample)
 from visual.view import View
 
 
@@ -97,7 +97,7 @@ def cbam_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np.ndarra
                         subplot_titles=(f"{name}: channel attention", "spatial attention on the input"))
     fig.add_trace(_bars(ch, "channel"), 1, 1)
     fig.add_trace(image_trace(to_rgb(image)), 1, 2)
-    fig.add_trace(heat_overlay(up, "spatial", zmin=0, zmax=1), 1, 2)
+    fig.add_trace(heat_overlay(up, "spatial", zmin=0, zmax=1, colorbar_x=colorbar_beside(fig, 1, 2)), 1, 2)
     fig.update_yaxes(range=[0, 1], row=1, col=1)
     style_image_axes(fig, 1, 2)
     fig.update_layout(height=360, showlegend=False, margin=dict(l=10, r=10, t=40, b=10))

@@ -24,7 +24,8 @@ from plotly.subplots import make_subplots
 
 from visual.hooks import inspection_mode, model_device
 from visual.layers import get_module, resolve_layer
-from visual.render import as_numpy, heat_overlay, image_trace, rounded, style_image_axes, to_rgb
+from visual.render import (as_numpy, colorbar_beside, heat_overlay, image_trace, rounded,
+                           style_image_axes, to_rgb)
 from visual.view import View
 
 METHODS = ("gradcam", "ig", "saliency", "occlusion")
@@ -78,7 +79,8 @@ def attribution_maps(model: nn.Module, x: torch.Tensor, method: str,
     out = []
     with inspection_mode(model):
         for i in range(0, len(x), batch):
-            xb = x[i:i + batch].to(device).float()
+            # a leaf that requires grad: Captum would otherwise set it and warn
+            xb = x[i:i + batch].to(device).float().detach().requires_grad_(True)
             tb = targets[i:i + batch].to(device)
             out.append(_attribute(model, xb, tb, method, layer_name, n_steps, size).detach().cpu())
     return torch.cat(out), targets, layer_name
@@ -120,12 +122,12 @@ def attribution_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np
     names = list(classes) if classes else [str(i) for i in range(probs.numel())]
     idx, p = top_probabilities(probs)
     title = TITLES[method] + (f" @ {layer_name}" if layer_name else "") + f" for '{names[t]}'"
-    fig = make_subplots(1, 3, column_widths=[0.3, 0.35, 0.35], horizontal_spacing=0.06,
+    fig = make_subplots(1, 3, column_widths=[0.3, 0.3, 0.4], horizontal_spacing=0.1,
                         subplot_titles=("input", title, "top-5 probabilities"))
     fig.add_trace(image_trace(to_rgb(image)), 1, 1)
     fig.add_trace(image_trace(to_rgb(image)), 1, 2)
     fig.add_trace(heat_overlay(amap, TITLES[method], zmin=0, zmax=float(amap.max()) or 1.0,
-                               colorbar_x=0.64), 1, 2)
+                               colorbar_x=colorbar_beside(fig, 1, 2)), 1, 2)
     fig.add_trace(go.Bar(x=p[::-1], y=[names[i] for i in idx][::-1], orientation="h",
                          marker_color=["#d62728" if i == t else "#1f77b4" for i in idx][::-1],
                          hovertemplate="%{y}: %{x:.3f}<extra></extra>"), 1, 3)

@@ -13,6 +13,9 @@ from plotly.subplots import make_subplots
 from visual.view import View
 
 MAX_STEP_POINTS = 2000  # per run; longer step records are thinned evenly
+# (event key, subplot column, line dash, legend label)
+SERIES = (("train_loss", 1, None, "train loss"), ("test_loss", 1, "dash", "test loss"),
+          ("train_acc", 2, None, "train acc"), ("test_acc", 2, "dash", "test acc"))
 
 
 def _thin(points: list, limit: int) -> list:
@@ -52,12 +55,11 @@ def curves_figure(runs: dict[str, list[dict]]) -> View:
                                        name=f"{name} step loss", opacity=0.45, line_width=1,
                                        hovertemplate="epoch %{x:.2f}: loss %{y:.4f}<extra></extra>",
                                        **group), 1, 1)
-        for key, col, dash, label in (("train_loss", 1, None, "train loss"), ("test_loss", 1, "dash", "test loss"),
-                                      ("train_acc", 2, None, "train acc"), ("test_acc", 2, "dash", "test acc")):
+        for key, col, dash, label in SERIES:
             if any(v is not None for v in s[key]):
-                fig.add_trace(go.Scatter(x=s["epoch"], y=s[key], mode="lines+markers", name=f"{name} {label}",
-                                         line_dash=dash, hovertemplate=f"epoch %{{x}}: {label} %{{y:.4f}}<extra></extra>",
-                                         **group), 1, col)
+                fig.add_trace(go.Scatter(
+                    x=s["epoch"], y=s[key], mode="lines+markers", name=f"{name} {label}", line_dash=dash,
+                    hovertemplate=f"epoch %{{x}}: {label} %{{y:.4f}}<extra></extra>", **group), 1, col)
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(range=[0, 1], row=1, col=2)
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), legend=dict(groupclick="toggleitem"))

@@ -177,7 +177,8 @@ def redundancy_view(model: nn.Module, x: torch.Tensor, layer: str | None = None,
     return View(fig, data)
 
 
-def redundancy_by_layer(model: nn.Module, x: torch.Tensor, kinds: tuple[str, ...] = ("conv", "ghost")) -> View:
+def redundancy_by_layer(model: nn.Module, x: torch.Tensor,
+                        kinds: tuple[str, ...] = ("conv", "ghost")) -> View:
     """The redundancy score of every conv-like layer from one forward of `x` (bars, in order)."""
     names = [n for n, kind, _ in _candidates(model) if kind in kinds]
     _, store = run_captured(model, x, names)
@@ -188,7 +189,8 @@ def redundancy_by_layer(model: nn.Module, x: torch.Tensor, kinds: tuple[str, ...
             rows.append((n, redundancy_score(cosine_similarity_matrix(t), live_channels(t)), int(t.shape[1])))
     fig = go.Figure(go.Bar(x=[r[0] for r in rows], y=[r[1] for r in rows],
                            customdata=[r[2] for r in rows],
-                           hovertemplate="%{x}<br>redundancy %{y:.3f}<br>%{customdata} channels<extra></extra>"))
+                           hovertemplate="%{x}<br>redundancy %{y:.3f}<br>%{customdata} channels"
+                                         "<extra></extra>"))
     fig.update_layout(title="redundancy per layer (mean best-match |cos|)", yaxis_range=[0, 1],
                       height=380, margin=dict(l=10, r=10, t=40, b=10))
     scores = [r[1] for r in rows if r[1] is not None]

@@ -12,7 +12,6 @@ default), Grad-CAM, Integrated Gradients (|·| summed over channels) and Salienc
 """
 from __future__ import annotations
 
-import numpy as np
 import plotly.graph_objects as go
 import torch
 import torch.nn as nn
@@ -34,7 +33,8 @@ def _check(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch
     if maps.dim() == 2:
         maps, masks = maps[None], masks[None] if masks.dim() == 2 else masks
     if maps.shape != masks.shape:
-        raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must have one shape (N, H, W)")
+        raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} must have one shape "
+                         f"(N, H, W)")
     return maps, masks
 
 
@@ -100,8 +100,8 @@ def attention_quality(model: nn.Module, x: torch.Tensor, masks: torch.Tensor,
     order = [m for m in methods if m in results] + ["uniform"]
     fig = go.Figure()
     for metric, title in (("energy", "energy in mask"), ("pointing", "pointing game")):
-        fig.add_trace(go.Bar(x=[_NAMES[m] for m in order], y=[float(results[m][metric].mean()) for m in order],
-                             name=title, hovertemplate=f"%{{x}}: {title} %{{y:.3f}}<extra></extra>"))
+        fig.add_trace(go.Bar(x=[_NAMES[m] for m in order],
+                             y=[float(results[m][metric].mean()) for m in order], name=title, hovertemplate=f"%{{x}}: {title} %{{y:.3f}}<extra></extra>"))
     fig.update_layout(barmode="group", title=f"attention quality on {len(x)} images "
                       f"(uniform map = mask area share {float(share.mean()):.3f})",
                       yaxis_range=[0, 1], height=380, margin=dict(l=10, r=10, t=40, b=10))

@@ -117,8 +117,13 @@ def heat_overlay(heat: np.ndarray, name: str, opacity: float = 0.5, colorscale: 
     """A semi-transparent (H, W) heatmap aligned with an image trace's pixels."""
     return go.Heatmap(z=np.asarray(heat, dtype=np.float32), opacity=opacity, colorscale=colorscale,
                       zmin=zmin, zmax=zmax, name=name,
-                      colorbar=dict(len=0.8, thickness=12, **({} if colorbar_x is None else {"x": colorbar_x})),
+                      colorbar=dict(len=0.8, thickness=10, x=colorbar_x),
                       hovertemplate=f"{name}: %{{z:.3g}}<br>x %{{x}}, y %{{y}}<extra></extra>")
+
+
+def colorbar_beside(fig: go.Figure, row: int, col: int) -> float:
+    """The x (paper coordinates) just right of subplot (row, col), for its heatmap's colour bar."""
+    return fig.get_subplot(row, col).xaxis.domain[1] + 0.008
 
 
 def style_image_axes(fig: go.Figure, row: int | None = None, col: int | None = None) -> go.Figure:

@@ -31,7 +31,7 @@ class VGGBlock(nn.Sequential):
           "VGG block: a few 3×3 convs then a 2×2 max-pool (halves the size).",
           "Simonyan & Zisserman 2015, Very Deep Convolutional Networks")
 def vgg_block(in_shape, out, convs, norm, act):
-    check_fits(in_shape, 2, what="its 2×2 pool")
+    check_fits(in_shape, 2, what="its 2×2 pool, kernel")
     return VGGBlock(in_shape[0], out, convs, norm, act)
 
 
@@ -194,7 +194,7 @@ class Transition(nn.Sequential):
           "DenseNet transition: 1×1 conv compresses channels, 2×2 average pool halves the size.",
           "Huang et al. 2017, Densely Connected Convolutional Networks")
 def transition(in_shape, compression):
-    check_fits(in_shape, 2, what="its 2×2 pool")
+    check_fits(in_shape, 2, what="its 2×2 pool, kernel")
     return Transition(in_shape[0], max(1, int(in_shape[0] * compression)))
 
 

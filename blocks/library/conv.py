@@ -107,6 +107,11 @@ class TransposedConvNormAct(nn.Sequential):
 def transposed_conv(in_shape, out, kernel, stride, padding, output_padding, norm, act, bias):
     if output_padding >= stride:
         raise SpecError(f"output_padding ({output_padding}) must be smaller than stride ({stride})")
+    _, h, w = in_shape
+    side = (min(h, w) - 1) * stride - 2 * padding + kernel + output_padding
+    if side < 1:
+        raise SpecError(f"input is {h}×{w} but kernel {kernel}, stride {stride} and padding {padding} "
+                        f"give an empty output; lower the padding")
     return TransposedConvNormAct(in_shape[0], out, kernel, stride, padding, output_padding, norm, act, bias)
 
 

@@ -55,6 +55,8 @@ class GhostModule(nn.Module):
           "Han et al. 2020, GhostNet: More Features from Cheap Operations", inspect=("ghost",))
 def ghost_module(in_shape, out, kernel, stride, ratio, dw_kernel, relu):
     check_fits(in_shape, kernel, 1, kernel // 2)
+    if dw_kernel % 2 == 0:  # ghosts must keep the intrinsic maps' size to be concatenated
+        raise SpecError(f"'dw_kernel' must be odd, got {dw_kernel}")
     return GhostModule(in_shape[0], out, kernel, ratio, dw_kernel, stride, relu)
 
 

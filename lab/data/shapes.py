@@ -168,7 +168,7 @@ def _render_chunk(rng, labels: np.ndarray, size: int):
     f32 = np.float32
     coords = np.arange(s, dtype=f32) + f32(0.5)
     gx, gy = coords[None, None, :], coords[None, :, None]
-    base, colour = _paired_colours(rng, b)
+    base, obj_colour = _paired_colours(rng, b)
 
     # Background: the base colour under two octaves of colour noise and one of lightness noise.
     img = base[:, :, None, None] + _smooth_noise(rng, b, 3, 4, s, NOISE[0]) + _smooth_noise(rng, b, 3, 8, s, NOISE[1])
@@ -181,21 +181,21 @@ def _render_chunk(rng, labels: np.ndarray, size: int):
         p0 = rng.random((b, 2), dtype=f32) * s
         p1 = p0 + (rng.random((b, 2), dtype=f32) - 0.5) * s * 1.2
         width = (0.4 + 0.6 * rng.random(b, dtype=f32)) * (s / 32)
-        colour = rng.random((b, 3), dtype=f32)
+        ink = rng.random((b, 3), dtype=f32)
         ex, ey = (p1 - p0)[:, 0, None, None], (p1 - p0)[:, 1, None, None]
         wx, wy = gx - p0[:, 0, None, None], gy - p0[:, 1, None, None]
         t = np.clip((wx * ex + wy * ey) / (ex * ex + ey * ey + 1e-6), 0, 1)
         d = np.sqrt((wx - ex * t) ** 2 + (wy - ey * t) ** 2) - width[:, None, None]
         alpha = (np.clip(0.5 - d, 0, 1) * (0.8 * present)[:, None, None])[:, None]
-        img += alpha * (colour[:, :, None, None] - img)
+        img += alpha * (ink[:, :, None, None] - img)
     for _ in range(3):
         present = (rng.random(b) < 0.7).astype(f32)
         c = rng.random((b, 2), dtype=f32) * s
         sigma = (1.0 + 1.0 * rng.random(b, dtype=f32)) * (s / 32)
-        colour = rng.random((b, 3), dtype=f32)
+        ink = rng.random((b, 3), dtype=f32)
         r2 = (gx - c[:, 0, None, None]) ** 2 + (gy - c[:, 1, None, None]) ** 2
         alpha = (0.6 * present)[:, None, None] * np.exp(-r2 / (2 * sigma[:, None, None] ** 2))
-        img += alpha[:, None] * (colour[:, :, None, None] - img)
+        img += alpha[:, None] * (ink[:, :, None, None] - img)
 
     # The object: random radius, rotation and position (fully inside the frame).
     radius = (_RADIUS[0] + (_RADIUS[1] - _RADIUS[0]) * rng.random(b, dtype=f32)) * s
@@ -221,7 +221,7 @@ def _render_chunk(rng, labels: np.ndarray, size: int):
     gdir = rng.standard_normal((b, 2), dtype=f32)
     gdir /= np.linalg.norm(gdir, axis=1, keepdims=True) + 1e-6
     shade = 1 + 0.15 * (dx * gdir[:, 0, None, None] + dy * gdir[:, 1, None, None]) * inv_r
-    fill = colour[:, :, None, None] * shade[:, None]
+    fill = obj_colour[:, :, None, None] * shade[:, None]
     img += alpha * (fill - img)
 
     img += rng.standard_normal(img.shape, dtype=f32) * f32(0.03)

@@ -1,0 +1,59 @@
+"""Shared fixtures. `app_server` launches the Gradio app in-process for the client and
+browser tests (one launch per test session, closed after)."""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# What the app tests run with: a small `shapes` (fast epochs), no downloads, own folders.
+APP_TEST_ENV = {
+    "CONVSCOPE_SHAPES_TRAIN_SIZE": "512",
+    "CONVSCOPE_SHAPES_TEST_SIZE": "256",
+    "CONVSCOPE_DOWNLOAD": "0",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_env(tmp_path_factory):
+    """APP_TEST_ENV plus a session root under pytest's tmp dir; restored afterwards."""
+    env = dict(APP_TEST_ENV, CONVSCOPE_SESSION_ROOT=str(tmp_path_factory.mktemp("sessions")))
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def app_server(app_env):
+    """The app served on a free localhost port with `prevent_thread_lock=True`; yields its
+    URL and closes the server after the last test that uses it."""
+    import app
+
+    demo = app.make_demo()
+    opts = app.launch_options()
+    port = free_port()
+    opts.update(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(**opts)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()

@@ -1,0 +1,99 @@
+"""A new user's first visit, clicked through in a real headless Chromium: the page opens on
+the default preset, Train (1 epoch), the curves appear, Inspect, pick a test image,
+Grad-CAM, the heatmap appears. Screenshots go to test-artifacts/; when the run passes they
+are also copied to assets/screenshot-*.png for the README.
+
+Needs Chromium at /usr/bin/chromium (or $CONVSCOPE_CHROMIUM) and the playwright package;
+skipped otherwise. CONVSCOPE_E2E_EPOCHS / CONVSCOPE_E2E_TRAIN_SIZE train longer for nicer
+README pictures (defaults 1 and 512)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+ASSETS = ROOT / "assets"
+CHROMIUM = os.environ.get("CONVSCOPE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+EPOCHS = os.environ.get("CONVSCOPE_E2E_EPOCHS", "1")
+TRAIN_SIZE = os.environ.get("CONVSCOPE_E2E_TRAIN_SIZE", "512")
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture()
+def page(app_server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    profile = tempfile.mkdtemp(prefix="convscope-chromium-")
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            pg = ctx.new_page()
+            pg.set_default_timeout(60_000)
+            pg.goto(app_server)
+            yield pg
+        finally:
+            ctx.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+def shot(page, name: str, shots: list[Path]) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"screenshot-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    shots.append(path)
+
+
+def no_error_toasts(page) -> None:
+    errors = page.locator(".toast-body.error")
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def test_new_user_trains_and_sees_grad_cam(page):
+    shots: list[Path] = []
+    # Open: the default preset is loaded and summarised.
+    page.get_by_text("✓ ResNet-18 + CBAM").wait_for()
+    assert page.locator("#cs-summary").get_by_text("basic_residual").count() >= 4
+    shot(page, "build", shots)
+
+    # Train one epoch on shapes.
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_label("Epochs").fill(EPOCHS)
+    page.get_by_label("Train size").fill(TRAIN_SIZE)
+    page.locator("#cs-start").click()
+    page.locator("#cs-curves .js-plotly-plot").wait_for(timeout=120_000)
+    page.locator("#cs-train-status").get_by_text("completed").wait_for(timeout=300_000)
+    assert page.locator("#cs-curves .js-plotly-plot .scatterlayer .trace").count() >= 2
+    assert "100%" in page.locator("#cs-progress").inner_text()
+    no_error_toasts(page)
+    shot(page, "train", shots)
+
+    # Inspect: pick a test image, Grad-CAM (the default view), Show.
+    page.get_by_role("tab", name="Inspect").click()
+    thumbs = page.locator("#cs-gallery .thumbnail-item")
+    thumbs.nth(2).wait_for()
+    assert thumbs.count() == 24
+    thumbs.nth(2).click()
+    page.locator("#cs-show").click()
+    plot = page.locator("#cs-view-plot .js-plotly-plot")
+    plot.wait_for(timeout=120_000)
+    page.locator("#cs-view-plot").get_by_text("Grad-CAM").first.wait_for()
+    # The input and the heatmap overlay are drawn as images inside the figure.
+    assert plot.locator("image").count() >= 2
+    assert page.locator("#cs-top5").get_by_text("%").count() >= 5
+    no_error_toasts(page)
+    shot(page, "inspect", shots)
+
+    for path in shots:
+        ASSETS.mkdir(exist_ok=True)
+        shutil.copyfile(path, ASSETS / path.name)
