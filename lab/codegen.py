@@ -26,6 +26,7 @@ import functools
 import inspect
 import keyword
 import math
+import numbers
 import pprint
 import textwrap
 from pathlib import Path
@@ -155,14 +156,14 @@ class _Sequential(nn.Sequential):
 
 def _literal(value: Any, what: str) -> str:
     """Python source for a plain value, or ExportError."""
-    # Builtin types first: numpy scalars subclass them but repr as "np.float64(…)".
+    # Through the builtin types: numpy scalars are numbers but repr as "np.float64(…)".
     if value is None or isinstance(value, bool):
         return repr(value)
-    if isinstance(value, int):
+    if isinstance(value, numbers.Integral):
         return repr(int(value))
     if isinstance(value, str):
         return repr(str(value))
-    if isinstance(value, float):
+    if isinstance(value, numbers.Real):
         value = float(value)
         return repr(value) if math.isfinite(value) else f"float({str(value)!r})"
     if isinstance(value, (tuple, list)):

@@ -184,7 +184,7 @@ def check_builds_or_names_the_layer(spec, top_valid: bool) -> bool:
     return True
 
 
-@settings(FUZZ, max_examples=1500)
+@settings(FUZZ, max_examples=1200)
 @given(specs())
 @example(({"input": [3, 32, 32], "layers": [{"block": "relu"}] * 10_000}, True))
 @example(({"input": [3, 1, 1], "layers": [{"block": "maxpool", "params": {"kernel": 3}}]}, True))
@@ -220,7 +220,7 @@ def one_block_specs(draw):
             "layers": before + [layer] + head}
 
 
-@settings(FUZZ, max_examples=1500)
+@settings(FUZZ, max_examples=1200)
 @given(one_block_specs())
 def test_every_block_with_random_parameters(spec):
     check_builds_or_names_the_layer(spec, True)
@@ -259,7 +259,7 @@ def texts(draw):
     return draw(st.text(max_size=60))                                # anything at all
 
 
-@settings(FUZZ, max_examples=500)
+@settings(FUZZ, max_examples=400)
 @given(texts())
 def test_spec_text_loads_or_raises_spec_error(text):
     try:

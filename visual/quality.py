@@ -101,7 +101,8 @@ def attention_quality(model: nn.Module, x: torch.Tensor, masks: torch.Tensor,
     fig = go.Figure()
     for metric, title in (("energy", "energy in mask"), ("pointing", "pointing game")):
         fig.add_trace(go.Bar(x=[_NAMES[m] for m in order],
-                             y=[float(results[m][metric].mean()) for m in order], name=title, hovertemplate=f"%{{x}}: {title} %{{y:.3f}}<extra></extra>"))
+                             y=[float(results[m][metric].mean()) for m in order], name=title,
+                             hovertemplate=f"%{{x}}: {title} %{{y:.3f}}<extra></extra>"))
     fig.update_layout(barmode="group", title=f"attention quality on {len(x)} images "
                       f"(uniform map = mask area share {float(share.mean()):.3f})",
                       yaxis_range=[0, 1], height=380, margin=dict(l=10, r=10, t=40, b=10))
