@@ -471,6 +471,18 @@ def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, tra
             + _run_updates(s, u.run_id) + idle
 
 
+def on_refresh_runs(session_state: Any, current: Any):
+    """A tab was opened: its run picker lists the session's runs (a run finished after a
+    Stop that returned early appears here), keeping the current choice."""
+    if not isinstance(session_state, Session):
+        return gr.skip()
+    choices = session_state.run_choices()
+    ids = [v for _, v in choices]
+    if isinstance(current, list):
+        return gr.update(choices=choices, value=[v for v in current if v in ids] or ids[:4])
+    return gr.update(choices=choices, value=current if current in ids else (ids[0] if ids else None))
+
+
 @user_errors
 def on_stop(session_state: Any):
     """Stop the session's training: it ends after the current batch and is kept as a run."""
@@ -701,6 +713,7 @@ def _exporter(fmt: str) -> Callable:
 
 # ============================================================================ the page
 
+@user_errors
 def on_load(request: gr.Request = None):
     """Page opened: a fresh session and the default preset."""
     s = Session(key=getattr(request, "session_hash", None))
@@ -802,7 +815,7 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
                         curves_plot = gr.Plot(label="Training curves", elem_id="cs-curves")
                         train_status = gr.Markdown(elem_id="cs-train-status")
             # ------------------------------------------------------------ Inspect
-            with gr.Tab("Inspect", id="inspect"):
+            with gr.Tab("Inspect", id="inspect") as inspect_tab:
                 inspect_note = gr.Markdown("Train a network first (Train tab).")
                 with gr.Row():
                     with gr.Column(scale=2, min_width=420):
@@ -832,9 +845,10 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
                 compare_runs = gr.CheckboxGroup([], label="Runs")
                 compare_btn = gr.Button("Compare")
                 compare_plot = gr.Plot(label="Curves")
-                compare_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, wrap=True)
+                compare_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, wrap=True,
+                                             elem_id="cs-compare-table")
             # ------------------------------------------------------------ Export
-            with gr.Tab("Export", id="export"):
+            with gr.Tab("Export", id="export") as export_tab:
                 export_run = gr.Dropdown([], label="Run")
                 with gr.Row():
                     export_btns = {fmt: gr.Button(label) for fmt, label in FORMAT_LABELS.items()}
@@ -891,8 +905,14 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
         inspect_outputs = [session_state, view_plot, top5, view_note, preview]
         show_btn.click(on_inspect, inspect_inputs, inspect_outputs, api_name="inspect")
 
-        compare_tab.select(on_compare, [session_state, compare_runs],
-                           [session_state, compare_plot, compare_table], api_visibility="private")
+        inspect_tab.select(on_refresh_runs, [session_state, run_dd], run_dd,
+                           api_visibility="private")
+        export_tab.select(on_refresh_runs, [session_state, export_run], export_run,
+                          api_visibility="private")
+        compare_tab.select(on_refresh_runs, [session_state, compare_runs], compare_runs,
+                           api_visibility="private").then(
+            on_compare, [session_state, compare_runs], [session_state, compare_plot, compare_table],
+            api_visibility="private")
         compare_btn.click(on_compare, [session_state, compare_runs],
                           [session_state, compare_plot, compare_table], api_name="compare")
         for fmt, btn in export_btns.items():

@@ -32,6 +32,7 @@ __all__ = [
     "SafeZip",
     "UnsafeZipError",
     "ZipLimits",
+    "clear_cache",
     "dataset_help",
     "load_dataset",
 ]

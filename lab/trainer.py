@@ -172,7 +172,8 @@ class Precision:
     def for_device(cls, device: torch.device) -> "Precision":
         if device.type != "cuda":
             return cls(None, False, False)
-        bf16 = torch.cuda.is_bf16_supported()
+        # Emulated bf16 (pre-Ampere GPUs) is slow; those get fp16 and a GradScaler.
+        bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
         return cls(torch.bfloat16 if bf16 else torch.float16, not bf16, True)
 
     def autocast(self, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:

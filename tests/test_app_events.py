@@ -403,6 +403,13 @@ def test_wrong_layer_for_a_view_falls_back_to_its_default(trained):
     assert len(picked[1]["value"]) == sess.GALLERY_SIZE
 
 
+def test_tabs_refresh_their_run_pickers(trained):
+    s, rec = trained
+    assert app.on_refresh_runs(s, None)["value"] == rec.id
+    assert app.on_refresh_runs(s, ["gone", rec.id])["value"] == [rec.id]
+    assert app.on_refresh_runs(None, None) == gr.skip()
+
+
 def test_compare_table(trained):
     s, rec = trained
     out = app.on_compare(s, [rec.id])

@@ -427,6 +427,37 @@ def test_attention_inside_residual_blocks_is_found_and_inspectable():
     assert found[2][1].last_weights.shape == (2, 16 * 6)
 
 
+INSPECTABLE = [(b.name, kind) for b in blocks.list_blocks() for kind in b.inspect]
+
+
+@pytest.mark.parametrize("name,kind", INSPECTABLE, ids=[f"{n}-{k}" for n, k in INSPECTABLE])
+def test_every_inspectable_block_offers_what_it_declares(name, kind):
+    """A block whose registry entry lists `se`, `cbam` or `ghost` hands inspection those."""
+    torch.manual_seed(0)
+    info = blocks.get_block(name)
+    params = {"attention": kind} if kind in ("se", "cbam") and "attention" in info.defaults() else {}
+    module, layer = one_layer(name, params, (16, 12, 12))
+    x = torch.randn(2, 16, 12, 12)
+    if kind == "ghost":
+        ghosts = [m for m in module.modules() if isinstance(m, GhostModule)]
+        assert ghosts
+        intrinsic, ghost = ghosts[0].forward_parts(torch.randn(2, ghosts[0].primary[0].in_channels,
+                                                               12, 12))
+        assert intrinsic.shape[1] == math.ceil(ghosts[0].c_out / ghosts[0].ratio)
+        assert ghost.shape[1] == intrinsic.shape[1] * (ghosts[0].ratio - 1)
+        return
+    found = attention_modules(module)
+    assert found and all(isinstance(m, CBAM if kind == "cbam" else SqueezeExcite) for _, m in found)
+    for _, m in found:
+        m.keep_weights = True
+    module.eval()
+    with torch.no_grad():
+        module(x)
+    for _, m in found:
+        stored = m.last_channel if kind == "cbam" else m.last_weights
+        assert stored is not None and stored.shape[0] == 2
+
+
 @pytest.mark.parametrize("out,ratio", [(16, 2), (10, 3), (12, 4)])
 def test_ghost_forward_parts(out, ratio):
     torch.manual_seed(0)
@@ -571,7 +602,7 @@ def test_dropblock_drops_more_at_higher_p():
     assert z_high > 2 * z_low
 
 
-def test_dropout_block_rate():
+def test_dropout_rate_and_rescaling():
     torch.manual_seed(0)
     m, _ = one_layer("dropout", dict(p=0.3))
     m.train()

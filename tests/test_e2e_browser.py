@@ -1,11 +1,15 @@
 """A new user's first visit, clicked through in a real headless Chromium: the page opens on
 the default preset, Train (1 epoch), the curves appear, Inspect, pick a test image,
-Grad-CAM, the heatmap appears. Screenshots go to test-artifacts/; when the run passes they
-are also copied to assets/screenshot-*.png for the README.
+Grad-CAM, the heatmap appears. Screenshots go to test-artifacts/.
 
 Needs Chromium at /usr/bin/chromium (or $CONVSCOPE_CHROMIUM) and the playwright package;
-skipped otherwise. CONVSCOPE_E2E_EPOCHS / CONVSCOPE_E2E_TRAIN_SIZE train longer for nicer
-README pictures (defaults 1 and 512)."""
+skipped otherwise. The README's pictures come from this test, trained long enough to show
+something (about 6 minutes on 2 CPU cores):
+
+    CONVSCOPE_UPDATE_SCREENSHOTS=1 CONVSCOPE_E2E_EPOCHS=5 CONVSCOPE_E2E_TRAIN_SIZE=3000 \
+        python -m pytest tests/test_e2e_browser.py
+
+which, when the test passes, copies them to assets/screenshot-*.png."""
 from __future__ import annotations
 
 import os
@@ -23,6 +27,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EPOCHS = os.environ.get("CONVSCOPE_E2E_EPOCHS", "1")
 TRAIN_SIZE = os.environ.get("CONVSCOPE_E2E_TRAIN_SIZE", "512")
+UPDATE_ASSETS = os.environ.get("CONVSCOPE_UPDATE_SCREENSHOTS") == "1"
 
 pytestmark = pytest.mark.browser
 
@@ -94,6 +99,15 @@ def test_new_user_trains_and_sees_grad_cam(page):
     no_error_toasts(page)
     shot(page, "inspect", shots)
 
-    for path in shots:
+    # Compare: the finished run is listed with its numbers.
+    page.get_by_role("tab", name="Compare").click()
+    table = page.locator("#cs-compare-table")
+    table.get_by_text("run-1").first.wait_for(timeout=120_000)
+    assert table.get_by_text("(CBAM)").count() >= 1
+    no_error_toasts(page)
+    shot(page, "compare", shots)
+
+    if UPDATE_ASSETS:
         ASSETS.mkdir(exist_ok=True)
-        shutil.copyfile(path, ASSETS / path.name)
+        for path in shots:
+            shutil.copyfile(path, ASSETS / path.name)

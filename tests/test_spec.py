@@ -142,6 +142,34 @@ def test_meta_build_allocates_nothing_and_stays_in_training_mode():
     assert all(p.device.type == "cpu" for p in net.parameters())
 
 
+def test_shape_inference_shortcuts_keep_their_checks():
+    """The builder skips PyTorch's slow meta kernels for obvious shapes; mismatches must
+    still raise, and the shortcut results must equal PyTorch's own."""
+    from blocks.builder import _ShapeOnly
+    x = torch.empty(2, 3, 8, 8, device="meta")
+    with torch.device("meta"):
+        bn, lin = nn.BatchNorm2d(4), nn.Linear(5, 2)
+    with torch.no_grad(), _ShapeOnly():
+        with pytest.raises(RuntimeError):
+            bn(x)
+        with pytest.raises(RuntimeError):
+            lin(torch.empty(2, 4, device="meta"))
+        with pytest.raises(RuntimeError):
+            x * torch.empty(2, 4, 1, 1, device="meta")
+        with pytest.raises((IndexError, RuntimeError)):
+            x.mean(dim=(2, 4))
+        fast = [tuple(t.shape) for t in (
+            x.mean(dim=(2, 3)), x.amax(dim=1, keepdim=True), x.mean(-1), x * 2.0,
+            x + torch.empty(3, 1, 1, device="meta"), torch.relu(x), torch.sigmoid(x),
+            lin(torch.empty(7, 5, device="meta")))]
+    slow = [tuple(t.shape) for t in (
+        x.mean(dim=(2, 3)), x.amax(dim=1, keepdim=True), x.mean(-1), x * 2.0,
+        x + torch.empty(3, 1, 1, device="meta"), torch.relu(x), torch.sigmoid(x),
+        lin(torch.empty(7, 5, device="meta")))]
+    assert fast == slow == [(2, 3), (2, 1, 8, 8), (2, 3, 8), (2, 3, 8, 8), (2, 3, 8, 8),
+                            (2, 3, 8, 8), (2, 3, 8, 8), (7, 2)]
+
+
 ROUND_TRIP = [
     spec({"block": "conv", "params": {"out": 64, "kernel": 3}},
          {"block": "basic_residual", "params": {"out": 64, "attention": "cbam"}, "repeat": 2},
@@ -268,7 +296,7 @@ LAYER_ERRORS = [
      "layer 0 (conv): input is 32×32 but kernel 40 with padding 2 needs at least 36×36"),
     ("pool on a single pixel",
      {"input": [3, 1, 1], "layers": [{"block": "vgg_block"}, *HEAD]},
-     "layer 0 (vgg_block): input is 1×1 but its 2×2 pool 2 needs at least 2×2"),
+     "layer 0 (vgg_block): input is 1×1 but its 2×2 pool, kernel 2 needs at least 2×2"),
     ("groups not dividing channels",
      spec({"block": "conv", "params": {"groups": 4}}, *HEAD),
      "layer 0 (conv): groups=4 must divide both input channels (3) and output channels (64)"),

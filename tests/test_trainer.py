@@ -255,6 +255,20 @@ def test_global_torch_state_is_restored(digits):
     assert torch.get_num_threads() == threads and torch.backends.cudnn.benchmark == bench
 
 
+def test_the_mixed_precision_path_trains(digits, monkeypatch):
+    """The CUDA recipe (autocast, GradScaler, channels_last), exercised with CPU bf16."""
+    from lab import trainer as trainer_module
+    monkeypatch.setattr(trainer_module.Precision, "for_device",
+                        classmethod(lambda cls, device: cls(torch.bfloat16, True, True)))
+    trainer = Trainer(TINY, _settings(epochs=2, augment=True), digits)
+    events = list(trainer.run())
+    assert events[-1]["status"] == "completed"
+    assert all(math.isfinite(e["train_loss"]) and 0 <= e["test_acc"] <= 1
+               for e in events if e["type"] == "epoch")
+    conv = trainer.model.layers[0].conv.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+
+
 # ---------------------------------------------------------------- reproducibility and data paths
 
 def test_same_seed_same_metrics_other_seed_other_metrics(digits):

@@ -97,7 +97,8 @@ def cbam_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np.ndarra
                         subplot_titles=(f"{name}: channel attention", "spatial attention on the input"))
     fig.add_trace(_bars(ch, "channel"), 1, 1)
     fig.add_trace(image_trace(to_rgb(image)), 1, 2)
-    fig.add_trace(heat_overlay(up, "spatial", zmin=0, zmax=1, colorbar_x=colorbar_beside(fig, 1, 2)), 1, 2)
+    # colours span the map's own range: a sigmoid map often sits in a narrow band near 0 or 1
+    fig.add_trace(heat_overlay(up, "spatial", colorbar_x=colorbar_beside(fig, 1, 2)), 1, 2)
     fig.update_yaxes(range=[0, 1], row=1, col=1)
     style_image_axes(fig, 1, 2)
     fig.update_layout(height=360, showlegend=False, margin=dict(l=10, r=10, t=40, b=10))

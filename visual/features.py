@@ -25,8 +25,12 @@ def channel_order(fmap: np.ndarray, sort: str) -> np.ndarray:
 
 
 def tiled_maps_image(maps: np.ndarray, cols: int | None = None, min_side: int = 16):
-    """(K, h, w) raw maps -> (PNG URI, rows, cols, tile_h, tile_w); each map min-max scaled."""
-    maps, _ = upscale(normalize01(maps), min_side)
+    """(K, h, w) raw maps -> (PNG URI, rows, cols, tile_h, tile_w); each map min-max scaled,
+    an all-NaN map left blank."""
+    blank = np.isnan(maps).all(axis=(1, 2))
+    maps = normalize01(np.nan_to_num(maps))
+    maps[blank] = np.nan
+    maps, _ = upscale(maps, min_side)
     rows, cols = grid_shape(maps.shape[0], cols)
     return png_uri(colorize(tile(maps, rows, cols))), rows, cols, maps.shape[1], maps.shape[2]
 

@@ -15,6 +15,8 @@ score is undefined (None).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -24,7 +26,7 @@ from plotly.subplots import make_subplots
 from blocks.library.ghost import GhostModule
 from visual.features import tiled_maps_image
 from visual.hooks import inspection_mode, run_captured
-from visual.layers import _candidates, get_module, resolve_layer
+from visual.layers import candidates, get_module, resolve_layer
 from visual.render import as_numpy, hover_grid, image_trace, rounded, style_image_axes, to_rgb
 from visual.view import View
 
@@ -46,16 +48,23 @@ def ghost_parts(model: nn.Module, x: torch.Tensor, layer: str | None = None
 
 def ghost_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np.ndarray,
                layer: str | None = None, max_rows: int = 16) -> View:
-    """Row j: intrinsic map j, then the s−1 ghosts the cheap depthwise conv made from it
-    (ghost channel j·(s−1)+t comes from intrinsic channel j). Ghosts past the module's output
+    """Intrinsic map j, then the s−1 ghosts the cheap depthwise conv made from it (ghost
+    channel j·(s−1)+t comes from intrinsic channel j), a few such groups per grid row. Ghosts past the module's output
     width are cut by the module and marked unused."""
     intrinsic, ghost, name = ghost_parts(model, x[:1], layer)
     module = get_module(model, name)
     intr, gh = as_numpy(intrinsic[0]), as_numpy(ghost[0])
     m, s = intr.shape[0], module.ratio
     rows = min(m, max_rows)
+    # k groups (intrinsic + its ghosts) per grid row, a blank tile between groups
+    k = max(1, round(math.sqrt(rows / s)))
+    cols = k * s + k - 1
+    blank = np.full_like(intr[0], np.nan)
     maps, text, cos = [], [], []
     for j in range(rows):
+        if j % k:
+            maps.append(blank)
+            text.append("")
         maps.append(intr[j])
         text.append(f"intrinsic {j}<br>mean {intr[j].mean():.3g}")
         row_cos = []
@@ -68,16 +77,17 @@ def ghost_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np.ndarr
             text.append(f"ghost {g} (output channel {m + g}) from intrinsic {j}<br>"
                         f"cos to intrinsic {c:.3f}" + ("" if used else "<br>unused: cut by the module"))
         cos.append(row_cos)
-    uri, grows, gcols, th, tw = tiled_maps_image(np.stack(maps), cols=s)
+    uri, grows, gcols, th, tw = tiled_maps_image(np.stack(maps), cols=cols)
+    text += [""] * (grows * gcols - len(text))
     fig = make_subplots(1, 2, column_widths=[0.3, 0.7], horizontal_spacing=0.04,
-                        subplot_titles=("input", f"{name}: intrinsic | ghosts (×{s - 1}), "
-                                        f"{rows} of {m} rows"))
+                        subplot_titles=("input", f"{name}: intrinsic → its {s - 1} ghost(s), "
+                                        f"{rows} of {m} intrinsic maps"))
     fig.add_trace(image_trace(to_rgb(image)), 1, 1)
     fig.add_trace(image_trace(uri, "ghost maps"), 1, 2)
     fig.add_trace(hover_grid(np.zeros((grows, gcols)), np.array(text, dtype=object).reshape(grows, gcols),
                              th, tw), 1, 2)
     style_image_axes(fig)
-    fig.update_layout(height=max(320, min(1000, 40 + rows * 40)), margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(height=max(340, min(1000, 60 + grows * 70)), margin=dict(l=10, r=10, t=40, b=10))
     data = {"view": "ghost", "layer": name, "intrinsic": m, "ratio": s, "ghosts": int(gh.shape[0]),
             "out_channels": module.c_out, "rows_shown": rows,
             "cos_intrinsic_ghost": rounded(cos),
@@ -160,7 +170,8 @@ def redundancy_view(model: nn.Module, x: torch.Tensor, layer: str | None = None,
     fig.add_trace(go.Heatmap(z=sim.astype(np.float32), zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
                              colorbar=dict(x=0.55, len=0.9, thickness=12),
                              hovertemplate="ch %{y} · ch %{x}: %{z:.3f}<extra></extra>"), 1, 1)
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", row=1, col=1)
+    fig.update_xaxes(range=[-0.5, c - 0.5], constrain="domain", row=1, col=1)
+    fig.update_yaxes(range=[c - 0.5, -0.5], scaleanchor="x", constrain="domain", row=1, col=1)
     if best:
         maps = np.stack([fmap[0, i] for p in best for i in p[:2]])
         uri, grows, gcols, th, tw = tiled_maps_image(maps, cols=2)
@@ -180,7 +191,7 @@ def redundancy_view(model: nn.Module, x: torch.Tensor, layer: str | None = None,
 def redundancy_by_layer(model: nn.Module, x: torch.Tensor,
                         kinds: tuple[str, ...] = ("conv", "ghost")) -> View:
     """The redundancy score of every conv-like layer from one forward of `x` (bars, in order)."""
-    names = [n for n, kind, _ in _candidates(model) if kind in kinds]
+    names = [n for n, kind, _ in candidates(model) if kind in kinds]
     _, store = run_captured(model, x, names)
     rows = []
     for n in names:

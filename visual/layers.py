@@ -66,7 +66,7 @@ def _classify(name: str, module: nn.Module, spec_blocks: dict[str, tuple[str, in
     return None
 
 
-def _candidates(model: nn.Module) -> list[tuple[str, str, str]]:
+def candidates(model: nn.Module) -> list[tuple[str, str, str]]:
     """(name, kind, marker) of every listed module, without running the model."""
     spec_blocks: dict[str, tuple[str, int]] = {}
     for info in getattr(model, "layer_info", []):
@@ -93,7 +93,7 @@ def layer_choices(model: nn.Module, kinds: tuple[str, ...] | None = None,
     """Every inspectable layer of `model` in definition order, optionally only some kinds.
     Runs one forward of a zero image (eval, no grad) to put each output's shape in its label."""
     input_shape = tuple(input_shape or model.input_shape)
-    found = [c for c in _candidates(model) if not kinds or c[1] in kinds]
+    found = [c for c in candidates(model) if not kinds or c[1] in kinds]
     x = torch.zeros((1, *input_shape), device=model_device(model))
     with inspection_mode(model), torch.no_grad(), \
             captured(model, [n for n, _, _ in found]) as store:
@@ -120,7 +120,7 @@ def resolve_layer(model: nn.Module, name: str | None, kinds: tuple[str, ...] | N
     """The layer called `name` (None: the first or last allowed one, per `default`), without
     running the model (its `out_shape` is left empty). Raises ValueError naming the valid
     layers — one line, shortened — for any other name."""
-    found = [c for c in _candidates(model) if not kinds or c[1] in kinds]
+    found = [c for c in candidates(model) if not kinds or c[1] in kinds]
     what = "/".join(kinds) if kinds else "inspectable"
     if not found:
         raise ValueError(f"this model has no {what} layer")

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from visual.attention import attention_weights
 from visual.attributions import METHODS as ATTRIBUTION_METHODS, attribution_maps
-from visual.layers import _candidates
+from visual.layers import candidates
 from visual.render import rounded, upsample
 from visual.view import View
 
@@ -92,7 +92,7 @@ def attention_quality(model: nn.Module, x: torch.Tensor, masks: torch.Tensor,
     results = {"uniform": {"energy": share, "pointing": share}}
     skipped = {}
     for method in methods:
-        if method == "cbam" and not any(kind == "cbam" for _, kind, _ in _candidates(model)):
+        if method == "cbam" and not any(kind == "cbam" for _, kind, _ in candidates(model)):
             skipped[method] = "the model has no CBAM module"
             continue
         maps = quality_maps(model, x, method, target, layers.get(method), n_steps)

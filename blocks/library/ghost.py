@@ -101,7 +101,7 @@ class GhostBottleneck(nn.Module):
            Param("attention", "str", "none", "attention on the expanded maps", choices=ATTENTIONS),
            Param("reduction", "int", 4, "attention reduction ratio", min=1, max=256)],
           "Ghost bottleneck: two Ghost modules with a residual, GhostNet's building block.",
-          "Han et al. 2020, GhostNet", inspect=("ghost",))
+          "Han et al. 2020, GhostNet", inspect=("ghost", "se", "cbam"))
 def ghost_bottleneck(in_shape, out, mid, kernel, stride, attention, reduction):
     if stride > 1:
         check_fits(in_shape, kernel, 1, (kernel - 1) // 2)

@@ -29,9 +29,9 @@ CLASSES = (
     "crescent",
 )
 
-# Object radius as a fraction of the image side: at 32 px that is 7.4 to 11.5 px,
-# big enough that a hexagon's corners and a ring's hole survive the pixel grid.
-_RADIUS = (0.23, 0.36)
+# Object radius as a fraction of the image side: at 32 px that is 8 to 12.2 px, big enough
+# that a star's points, a ring's hole and a heart's notch survive the pixel grid.
+_RADIUS = (0.25, 0.38)
 # Amplitudes of the background's colour octaves (4x4, 8x8 cells) and its lightness octave (6x6).
 NOISE = (0.12, 0.05, 0.07)
 _CHUNK = 1024
@@ -59,7 +59,7 @@ def _heart_polygon(n: int = 32) -> np.ndarray:
 
 _HEART = _heart_polygon()
 _ARROW = np.array(
-    [[-0.9, -0.2], [0.1, -0.2], [0.1, -0.6], [0.92, 0.0], [0.1, 0.6], [0.1, 0.2], [-0.9, 0.2]],
+    [[-0.92, -0.26], [0.05, -0.26], [0.05, -0.68], [0.95, 0.0], [0.05, 0.68], [0.05, 0.26], [-0.92, 0.26]],
     dtype=np.float32,
 )
 
