@@ -202,10 +202,10 @@ _BROADCAST = {torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.__add__,
 
 class _ShapeOnly(TorchFunctionMode):
     """Shortcut the meta ops whose output shape is obvious. PyTorch computes meta
-    elementwise ops, reductions, batch norm and linear through Python reference code (~1-3 ms
-    each), which
-    made checking a DenseNet-sized spec take seconds; only shapes matter here, so these return
-    an empty meta tensor of the right shape after the same shape checks."""
+    elementwise ops, reductions, batch norm and linear through Python reference code
+    (~1-3 ms each), which made checking a DenseNet-sized spec take seconds; only shapes
+    matter here, so these return an empty meta tensor of the right shape after the same
+    shape checks."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

@@ -27,7 +27,8 @@ MAX_IMAGE_BYTES = 50 * 1024 * 1024
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("inspect", help="render an inspection view of a run to HTML, PNG or JSON",
-                              description=__doc__.splitlines()[0])
+                              description="Render one inspection view of a run without a browser: "
+                                          "HTML (always), PNG (needs Chrome/Chromium) or JSON (its numbers).")
     p.add_argument("--run", required=True, metavar="DIR", help="a run folder written by `train`")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--image", metavar="PATH", help="an image file (any size; resized to the input)")
@@ -56,16 +57,17 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def load_split(run, need_masks: bool = False):
-    """The run's data set with its test split as tested on (a token training split)."""
+    """The run's data set with its test split as tested on; the training split is a token
+    one when the run saved its normalisation statistics (they are all it is needed for)."""
     from lab.datasets import load_dataset
     info, settings = run.dataset_info or {}, run.settings or {}
     name = settings.get("dataset") or info.get("name")
     if not name:
         raise UsageError(f"{run.path} names no data set in settings.json; use --image PATH")
     shape = info.get("input_shape") or list(run.model.input_shape)
+    train_size = min(int(info.get("train_size") or 64), 64) if _has_stats(info) else info.get("train_size")
     ds = load_dataset(name, settings.get("data_root", "data"), seed=int(settings.get("seed", 0)),
-                      train_size=min(int(info.get("train_size") or 64), 64),
-                      test_size=info.get("test_size"),
+                      train_size=train_size, test_size=info.get("test_size"),
                       image_size=shape[1] if len(shape) == 3 and shape[1] == shape[2] else None)
     if need_masks and ds.test_masks is None:
         raise UsageError(f"data set '{name}' has no object masks; attention-quality needs one that has "
@@ -73,10 +75,14 @@ def load_split(run, need_masks: bool = False):
     return ds
 
 
+def _has_stats(info: dict) -> bool:
+    return bool(info.get("mean")) and bool(info.get("std"))
+
+
 def normalizer(run, ds=None):
     """uint8 (N, C, H, W) -> float input, with the training statistics the run used."""
     info = run.dataset_info or {}
-    if info.get("mean") and info.get("std"):
+    if _has_stats(info):
         c = len(info["mean"])
         mean = torch.tensor(info["mean"], dtype=torch.float32).view(c, 1, 1)
         std = torch.tensor(info["std"], dtype=torch.float32).view(c, 1, 1)

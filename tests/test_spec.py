@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-import blocks
 from blocks import SpecError, build, load_spec_text, normalize_spec, to_spec
 from blocks.builder import MAX_LAYERS, MAX_MODULES
 

@@ -49,8 +49,8 @@ def ghost_parts(model: nn.Module, x: torch.Tensor, layer: str | None = None
 def ghost_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np.ndarray,
                layer: str | None = None, max_rows: int = 16) -> View:
     """Intrinsic map j, then the s−1 ghosts the cheap depthwise conv made from it (ghost
-    channel j·(s−1)+t comes from intrinsic channel j), a few such groups per grid row. Ghosts past the module's output
-    width are cut by the module and marked unused."""
+    channel j·(s−1)+t comes from intrinsic channel j), a few such groups per grid row.
+    Ghosts past the module's output width are cut by the module and marked unused."""
     intrinsic, ghost, name = ghost_parts(model, x[:1], layer)
     module = get_module(model, name)
     intr, gh = as_numpy(intrinsic[0]), as_numpy(ghost[0])
