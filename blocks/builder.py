@@ -336,6 +336,10 @@ def build(spec: Any, device: str | torch.device = "cpu") -> Network:
         raise SpecError(f"the network ends with a {_describe(shape)} feature map; end it with "
                         f"global_avg_pool (or flatten) and linear", layer=len(spec["layers"]) - 1,
                         block=spec["layers"][-1]["block"])
+    if shape[0] != classes:
+        raise SpecError(f"the network ends with {shape[0]} outputs but there are {classes} classes; "
+                        f"leave the last linear's 'out' empty so it follows the classes",
+                        layer=len(spec["layers"]) - 1, block=spec["layers"][-1]["block"])
     net = Network(modules, spec, infos)
     return net if str(device) == "meta" else net.to(device)
 

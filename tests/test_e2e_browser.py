@@ -102,8 +102,8 @@ def test_new_user_trains_and_sees_grad_cam(page):
     # Compare: the finished run is listed with its numbers.
     page.get_by_role("tab", name="Compare").click()
     table = page.locator("#cs-compare-table")
-    table.get_by_text("run-1").first.wait_for(timeout=120_000)
-    assert table.get_by_text("(CBAM)").count() >= 1
+    table.get_by_text("run-1").filter(visible=True).first.wait_for(timeout=120_000)
+    assert table.get_by_text("(CBAM)").filter(visible=True).count() >= 1
     no_error_toasts(page)
     shot(page, "compare", shots)
 

@@ -64,6 +64,13 @@ def test_final_linear_without_out_maps_to_classes():
     assert net(torch.randn(1, 3, 32, 32)).shape == (1, 3)
 
 
+def test_output_size_must_equal_classes():
+    e = error(spec({"block": "conv", "params": {"out": 4}}, {"block": "global_avg_pool"},
+                   {"block": "linear", "params": {"out": 100}}, classes=10))
+    assert str(e) == ("layer 2 (linear): the network ends with 100 outputs but there are 10 classes; "
+                      "leave the last linear's 'out' empty so it follows the classes")
+
+
 def test_width_scales_channels_not_classes():
     net = build(spec({"block": "conv", "params": {"out": 64}},
                      {"block": "inception", "params": {"c1": 8, "c2": [16, 32], "c3": [4, 8], "c4": 8}},
