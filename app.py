@@ -632,7 +632,8 @@ def on_inspect(session_state: Any, run_id: Any, view: str, image_choice: Any, la
 # ============================================================================ Compare tab
 
 def attention_energy(s: Session, rec: Any) -> str:
-    """Energy-in-mask of the run's CBAM maps (else Grad-CAM) on the first test images, cached."""
+    """Energy-in-mask of the run's CBAM maps (where it has CBAM) and Grad-CAM on the first
+    test images, beside a uniform map's; cached per run."""
     if "energy" in rec.cache:
         return rec.cache["energy"]
     ds = s.dataset_for(rec)
@@ -641,11 +642,9 @@ def attention_energy(s: Session, rec: Any) -> str:
         xb, _, masks = sess.test_batch(ds, ENERGY_IMAGES)
         data = visual.attention_quality(rec.model, xb, masks, methods=("cbam", "gradcam")).data
         methods = data["methods"]
-        for key, name in (("cbam", "CBAM"), ("gradcam", "Grad-CAM")):
-            if key in methods:
-                text = f"{methods[key]['energy_in_mask']:.3f} ({name})"
-                break
-        text += f" · uniform {methods['uniform']['energy_in_mask']:.3f}"
+        parts = [f"{methods[key]['energy_in_mask']:.3f} ({name})"
+                 for key, name in (("cbam", "CBAM"), ("gradcam", "Grad-CAM")) if key in methods]
+        text = " · ".join(parts + [f"uniform {methods['uniform']['energy_in_mask']:.3f}"])
     rec.cache["energy"] = text
     return text
 

@@ -45,16 +45,20 @@ def gpu(duration: int | Callable[..., int] = 120) -> Callable[[F], F]:
     if callable(duration):
         estimate = duration
 
-        def duration(*args, **kwargs):  # noqa: F811 - the capped estimate
-            return max(1, min(int(estimate(*args, **kwargs)), MAX_DURATION_S))
+        def seconds(*args, **kwargs) -> int:
+            return _cap(estimate(*args, **kwargs))
     else:
-        duration = max(1, min(int(duration), MAX_DURATION_S))
+        seconds = _cap(duration)
 
     def wrap(fn: F) -> F:
         if spaces is None:
             return fn
-        return spaces.GPU(duration=duration)(fn)
+        return spaces.GPU(duration=seconds)(fn)
     return wrap
+
+
+def _cap(seconds: float) -> int:
+    return max(1, min(int(seconds), MAX_DURATION_S))
 
 
 def duration_for(epochs: int, seconds_per_epoch: float = 20.0) -> int:

@@ -415,7 +415,8 @@ def test_compare_table(trained):
     out = app.on_compare(s, [rec.id])
     fig, rows = out[1], out[2]
     assert isinstance(fig, go.Figure) and rows[0][0] == rec.id
-    assert rows[0][4] == f"{rec.start['params']:,}" and "(CBAM)" in rows[0][-1]
+    assert rows[0][4] == f"{rec.start['params']:,}"
+    assert "(CBAM)" in rows[0][-1] and "(Grad-CAM)" in rows[0][-1] and "uniform" in rows[0][-1]
 
 
 @pytest.mark.parametrize("fmt", ["spec", "csv", "safetensors", "py", "onnx"])

@@ -34,6 +34,8 @@ CLASSES = (
 _RADIUS = (0.25, 0.38)
 # Amplitudes of the background's colour octaves (4x4, 8x8 cells) and its lightness octave (6x6).
 NOISE = (0.12, 0.05, 0.07)
+# How many distractor strokes and smudges may appear (each is present with probability 0.8 / 0.7).
+DISTRACTORS = (3, 3)
 _CHUNK = 1024
 
 
@@ -44,8 +46,8 @@ def _polygon(angles_deg, radii) -> np.ndarray:
 
 
 _TRIANGLE = _polygon([90, 210, 330], 1.0)
-_HEXAGON = _polygon(np.arange(6) * 60.0, 0.95)
 _STAR = _polygon(90 + np.arange(10) * 36.0, [1.0, 0.42] * 5)
+
 
 def _heart_polygon(n: int = 32) -> np.ndarray:
     """The classic parametric heart, x = 16 sin^3 t, y = 13 cos t - 5 cos 2t - 2 cos 3t - cos 4t, fitted to the unit disc."""
@@ -110,8 +112,6 @@ def _sdf(k: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.minimum(_sd_box(x, y, 0.92, 0.26), _sd_box(x, y, 0.26, 0.92))
     if name == "ring":
         return np.abs(_sd_circle(x, y, 0.7)) - 0.22
-    if name == "hexagon":
-        return _sd_polygon(x, y, _HEXAGON)
     if name == "heart":
         return _sd_polygon(x, y, _HEART)
     if name == "ellipse":
@@ -175,8 +175,7 @@ def _render_chunk(rng, labels: np.ndarray, size: int):
     img += _smooth_noise(rng, b, 1, 6, s, NOISE[2])
 
     # Distractors that are none of the classes: thin strokes and soft smudges.
-    n_lines = 3
-    for _ in range(n_lines):
+    for _ in range(DISTRACTORS[0]):
         present = (rng.random(b) < 0.8).astype(f32)
         p0 = rng.random((b, 2), dtype=f32) * s
         p1 = p0 + (rng.random((b, 2), dtype=f32) - 0.5) * s * 1.2
@@ -188,7 +187,7 @@ def _render_chunk(rng, labels: np.ndarray, size: int):
         d = np.sqrt((wx - ex * t) ** 2 + (wy - ey * t) ** 2) - width[:, None, None]
         alpha = (np.clip(0.5 - d, 0, 1) * (0.8 * present)[:, None, None])[:, None]
         img += alpha * (ink[:, :, None, None] - img)
-    for _ in range(3):
+    for _ in range(DISTRACTORS[1]):
         present = (rng.random(b) < 0.7).astype(f32)
         c = rng.random((b, 2), dtype=f32) * s
         sigma = (1.0 + 1.0 * rng.random(b, dtype=f32)) * (s / 32)
