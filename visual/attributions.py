@@ -132,9 +132,10 @@ def attribution_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np
                          marker_color=["#d62728" if i == t else "#1f77b4" for i in idx][::-1],
                          hovertemplate="%{y}: %{x:.3f}<extra></extra>"), 1, 3)
     fig.update_xaxes(range=[0, 1], row=1, col=3)
+    fig.update_yaxes(side="right", row=1, col=3)  # class names clear of the heatmap's colour bar
     style_image_axes(fig, 1, 1)
     style_image_axes(fig, 1, 2)
-    fig.update_layout(height=340, showlegend=False, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(height=340, showlegend=False, margin=dict(l=10, r=90, t=40, b=10))
     data = {"view": method, "method": method, "layer": layer_name, "target": t, "target_name": names[t],
             "predicted": int(probs.argmax()), "top5": {"classes": idx, "names": [names[i] for i in idx],
                                                         "probabilities": rounded(p, 6)},
