@@ -103,6 +103,10 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
+def _num(v: float | None, fmt: str = ".4f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
 class _Display:
     """Human output: a tqdm bar on a terminal, plain lines otherwise."""
 
@@ -139,9 +143,9 @@ class _Display:
         elif kind == "epoch":
             self.test_acc = e["test_acc"]
             if not self.as_json:
-                self.say(f"epoch {e['epoch']}: train loss {e['train_loss']:.4f} acc "
-                         f"{_pct(e['train_acc'])} | test loss {e['test_loss']:.4f} acc "
-                         f"{_pct(e['test_acc'])} | {e['images_per_sec']:,.0f} img/s")
+                self.say(f"epoch {e['epoch']}: train loss {_num(e['train_loss'])} acc "
+                         f"{_pct(e['train_acc'])} | test loss {_num(e['test_loss'])} acc "
+                         f"{_pct(e['test_acc'])} | {_num(e['images_per_sec'], ',.0f')} img/s")
         elif kind == "end" and self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -186,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         where = f"; run saved to {run_dir}" if run_dir else ""
         print(f"{end['status']}: test accuracy {_pct(end['test_acc'])} (best "
               f"{_pct(end['best_test_acc'])}), {end['epochs']:g} epoch(s), "
-              f"{end['images_per_sec'] or 0:,.0f} img/s{where}", flush=True)
+              f"{_num(end['images_per_sec'], ',.0f')} img/s{where}", flush=True)
     if end.get("status") in ("diverged", "failed"):
         print(f"error: {end['message']}", file=sys.stderr)
         return 1

@@ -8,10 +8,13 @@
 | CONVSCOPE_MAX_UPLOAD_MB            | 20                  | any uploaded file (Gradio max_file_size) |
 | CONVSCOPE_MAX_CONCURRENT_TRAININGS | 2                   | trainings running at once (queue)     |
 | CONVSCOPE_MAX_ACTIVATION_MB        | 3072 / 16384        | activation memory of one training batch |
+| CONVSCOPE_MAX_STEP_GFLOPS          | 1000 / 50000        | FLOPs of one training step (batch)    |
 | CONVSCOPE_MAX_RUNS                 | 8                   | finished runs a session keeps         |
 
 A bad value (not a positive number) falls back to the default rather than opening the
-server up. `check_spec_limits` measures a spec on the meta device (no memory used).
+server up. `check_spec_limits` measures a spec on the meta device (no memory used): its
+parameters, the activation memory of one batch and the FLOPs of one training step, taken
+as 3x the forward pass (the backward pass costs about twice the forward).
 """
 from __future__ import annotations
 
@@ -21,9 +24,12 @@ from typing import Mapping
 
 from blocks.summary import Summary, human, summarize
 
+# 1 TFLOP a step is ~10 s on a 2-core CPU: Stop still answers within a step, and every
+# preset at the app's width and batch is far below it (ResNet-18 at width 1, batch 512: 1.7T).
 _DEFAULTS_CPU = {"params": 5e6, "epochs": 20, "batch": 512, "upload_mb": 20,
-                 "concurrent": 2, "activation_mb": 3072, "runs": 8}
-_DEFAULTS_GPU = {**_DEFAULTS_CPU, "params": 50e6, "activation_mb": 16384}
+                 "concurrent": 2, "activation_mb": 3072, "step_gflops": 1000, "runs": 8}
+_DEFAULTS_GPU = {**_DEFAULTS_CPU, "params": 50e6, "activation_mb": 16384, "step_gflops": 50000}
+BACKWARD_FACTOR = 3   # FLOPs of a training step = 3 x forward (forward + ~2x for backward)
 
 
 class LimitError(ValueError):
@@ -39,6 +45,7 @@ class Limits:
     max_concurrent_trainings: int
     max_activation_mb: float
     max_runs: int
+    max_step_gflops: float = _DEFAULTS_CPU["step_gflops"]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, gpu: bool | None = None) -> "Limits":
@@ -56,6 +63,7 @@ class Limits:
                                                d["concurrent"])),
             max_activation_mb=_read(env, "CONVSCOPE_MAX_ACTIVATION_MB", d["activation_mb"]),
             max_runs=int(_read(env, "CONVSCOPE_MAX_RUNS", d["runs"])),
+            max_step_gflops=_read(env, "CONVSCOPE_MAX_STEP_GFLOPS", d["step_gflops"]),
         )
 
     @property
@@ -89,8 +97,10 @@ def _read(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def check_spec_limits(spec: dict, batch_size: int, limits: Limits | None = None) -> Summary:
-    """The spec's summary, or LimitError when its parameters or the activation memory of
-    one batch exceed the limits. SpecError (a ValueError) when the spec does not build."""
+    """The spec's summary, or LimitError when its parameters, the activation memory of one
+    batch or the FLOPs of one training step exceed the limits (checked in that order, each
+    message giving the figure and the limit). SpecError (a ValueError) when the spec does
+    not build."""
     limits = limits or Limits.from_env()
     check_batch(batch_size, limits)
     s = summarize(spec)
@@ -103,7 +113,17 @@ def check_spec_limits(spec: dict, batch_size: int, limits: Limits | None = None)
         raise LimitError(f"one batch of {batch_size} needs about {batch_mb:,.0f} MB of activations; "
                          f"this server allows {limits.max_activation_mb:,.0f} MB "
                          f"(CONVSCOPE_MAX_ACTIVATION_MB) — use a smaller batch or width")
+    step = step_flops(s, batch_size)
+    if step > limits.max_step_gflops * 1e9:
+        raise LimitError(f"one training step (batch of {batch_size}) needs about {human(step)}FLOPs; "
+                         f"this server allows {human(limits.max_step_gflops * 1e9)}FLOPs a step "
+                         f"(CONVSCOPE_MAX_STEP_GFLOPS) — use a smaller batch, width or input")
     return s
+
+
+def step_flops(summary: Summary, batch_size: int) -> int:
+    """FLOPs of one training step: forward and backward over a batch."""
+    return BACKWARD_FACTOR * summary.flops * int(batch_size)
 
 
 def check_batch(batch_size: int, limits: Limits | None = None) -> int:

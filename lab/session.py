@@ -2,8 +2,9 @@
 
 The app keeps one `Session` per visitor in a `gr.State`, so two visitors never see each
 other's runs. A session owns a temporary folder (`<root>/s-<session key>`) holding its run
-folders; `close()` — called from the state's delete callback and, through
-`remove_session_dir`, from `demo.unload` — stops its training and removes the folder.
+folders; `close()` — called from `demo.unload` (through `close_sessions`, as soon as the
+tab is closed) and again from the state's delete callback (which Gradio runs an hour
+later) — stops its training, drops its runs and data sets and removes the folder.
 
 Training runs in a worker thread that records the finished run into the session itself,
 so the run is kept (with the model as trained so far) however the UI's generator ends:
@@ -16,6 +17,7 @@ it through a file, which works across that process boundary too.
 from __future__ import annotations
 
 import contextvars
+import errno
 import itertools
 import os
 import queue
@@ -24,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +73,32 @@ def remove_session_dir(key: str, root: str | Path | None = None) -> bool:
     return existed
 
 
+# Every open Session, weakly: lets `close_sessions` release a closed tab's runs and data at
+# once (Gradio keeps a closed tab's gr.State for an hour). Holds no session alive.
+_LIVE: "weakref.WeakSet[Session]" = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+
+
+def close_sessions(key: str | None) -> int:
+    """Close every open session of browser session `key` (the app's unload hook): its
+    training stops after the current batch, its runs and data sets are dropped and its
+    folder is removed. Returns how many were closed."""
+    if not key:
+        return 0
+    safe = _safe_key(key)
+    with _LIVE_LOCK:
+        found = [s for s in list(_LIVE) if s.key == safe and not s.closed]
+    for s in found:
+        s.close()
+    return len(found)
+
+
+def open_sessions() -> list["Session"]:
+    """The sessions not closed yet (for tests and monitoring)."""
+    with _LIVE_LOCK:
+        return [s for s in list(_LIVE) if not s.closed]
+
+
 def download_allowed() -> bool:
     """Whether torchvision data sets may be downloaded ($CONVSCOPE_DOWNLOAD, default yes)."""
     return os.environ.get("CONVSCOPE_DOWNLOAD", "1").strip().lower() not in ("0", "no", "false")
@@ -106,6 +135,7 @@ class RunRecord:
     dataset_info: dict
     classes: list[str]
     path: Path | None = None      # the run folder (None if it could not be written)
+    save_error: str | None = None  # why the folder could not be written, for the user
     created: float = field(default_factory=time.time)
     cache: dict = field(default_factory=dict)  # derived numbers (e.g. energy-in-mask)
 
@@ -154,6 +184,7 @@ class TrainUpdate:
     message: str = ""
     run_id: str | None = None
     device_name: str = ""
+    warning: str = ""             # something the user should hear about (run not saved)
 
 
 def _clock(seconds: float | None) -> str:
@@ -234,6 +265,7 @@ class _Training:
         self.done = threading.Event()
         self.run_id: str | None = None
         self.error: str | None = None
+        self.save_error: str | None = None
 
     def request_stop(self) -> None:
         try:
@@ -259,6 +291,8 @@ class Session:
         self._ids = itertools.count(1)
         self._training: _Training | None = None
         self.closed = False
+        with _LIVE_LOCK:
+            _LIVE.add(self)
 
     # -- folder
 
@@ -277,6 +311,8 @@ class Session:
                 self._training.request_stop()
             self.runs.clear()
             self._datasets.clear()
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
         shutil.rmtree(self.root / f"s-{self.key}", ignore_errors=True)
 
     # -- data sets
@@ -332,8 +368,11 @@ class Session:
             try:
                 rec.path = save_run(RunParts(rec.spec, rec.settings, rec.events, rec.model,
                                              rec.dataset_info), self.dir / "runs")
-            except (OSError, ValueError):
-                rec.path = None  # the run stays usable in memory; only its files are missing
+            except (OSError, ValueError) as e:
+                # save_run leaves no half-written folder; the run stays usable in memory.
+                rec.path = None
+                rec.save_error = (f"{run_id} could not be saved to disk ({_os_reason(e)}); it is "
+                                  f"kept in memory for this session, so export what you need")
         with self._lock:
             if self.closed:
                 return rec
@@ -417,6 +456,7 @@ class Session:
                                         model=model, dataset_key=key,
                                         dataset_info=_dataset_info(ds), classes=list(ds.classes)))
                 job.run_id = rec.id
+                job.save_error = rec.save_error
             elif end:
                 job.error = end.get("message") or f"the run {end.get('status')}"
         except Exception as e:  # noqa: BLE001 - reported to the user as one line
@@ -468,8 +508,11 @@ class Session:
             acc = end.get("test_acc")
             acc_text = "" if acc is None else f", test accuracy {100 * acc:.1f}%"
             msg = f"{job.run_id} {status}: {end.get('message', '')}{acc_text}"
+            warning = job.save_error or ""
+            if warning:
+                msg += f" — {warning}"
             return TrainUpdate(events, new, frac if status != "completed" else 1.0, text, True,
-                               status, msg, job.run_id, device)
+                               status, msg, job.run_id, device, warning)
         status = end.get("status", "error")
         return TrainUpdate(events, new, frac, text, True, status,
                            job.error or "the run ended without a result", None, device)
@@ -584,6 +627,16 @@ def _one_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:300]
 
 
+def _os_reason(e: BaseException) -> str:
+    """A short reason for a failed write: "the server's disk is full" for ENOSPC."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return "the server's disk is full"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return _one_line(e)
+
+
 __all__ = ["GALLERY_SIZE", "LimitError", "RunRecord", "Session", "SessionError", "TrainUpdate",
-           "default_train_size", "progress_text", "remove_session_dir", "session_root",
+           "close_sessions", "default_train_size", "open_sessions", "progress_text",
+           "remove_session_dir", "session_root",
            "train_events"]

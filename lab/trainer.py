@@ -57,9 +57,12 @@ class TrainSettings:
     dataset: str = "shapes"
     data_root: str = "data"
     epochs: int = 5
-    batch_size: int = 128
+    # Tuned with seed 0 on the CPU: LeNet-5 (sigmoids, no norm) reaches 96% on digits in 10
+    # epochs and ResNet-18 + CBAM (width 0.25) 99.8% on shapes in 5; at batch 128 and
+    # lr 2e-3 LeNet-5 ends at 58% and the ResNet is at 54% after 3 epochs.
+    batch_size: int = 64
     optimizer: str = "adam"          # sgd | adam | adamw
-    lr: float = 2e-3
+    lr: float = 1e-2
     momentum: float = 0.9            # sgd only
     nesterov: bool = True            # sgd only
     weight_decay: float = 5e-4       # conv and linear weights only, not biases or norms

@@ -35,6 +35,15 @@ def one_line(excinfo) -> str:
     return msg
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The small full-batch fits below run 10x slower when two torch threads fight over a shared 2-core CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def shapes() -> Dataset:
     return load_dataset("shapes")
@@ -84,15 +93,15 @@ def test_shapes_masks_cover_the_drawn_object(shapes):
     assert float(area.float().mean()) < 0.35 * 32 * 32  # ... that is not the whole frame
     border = m[:, 0, :].any(1) | m[:, -1, :].any(1) | m[:, :, 0].any(1) | m[:, :, -1].any(1)
     assert not bool(border.any())  # objects lie fully inside the image
-    # The mask marks pixels that look different from their surroundings: compare the mean
-    # lightness inside the mask with a 2-pixel band just outside it.
+    # The mask marks the object, which is drawn lighter than its surroundings: compare the
+    # mean lightness inside the mask with a band 2 pixels outside it.
     luma = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
     mf = m.float().unsqueeze(1)
     grown = torch.nn.functional.max_pool2d(mf, 5, stride=1, padding=2)
     band = (grown - torch.nn.functional.max_pool2d(mf, 3, stride=1, padding=1)).clamp(min=0)
     inside = (luma * mf).flatten(1).sum(1) / mf.flatten(1).sum(1)
     outside = (luma * band).flatten(1).sum(1) / band.flatten(1).sum(1).clamp(min=1)
-    assert float(((inside - outside).abs() > 40).float().mean()) > 0.9
+    assert float(((inside - outside) > 40).float().mean()) > 0.95
 
 
 def test_shapes_ring_masks_have_holes_and_discs_do_not(shapes):

@@ -1,10 +1,13 @@
 """The procedural `shapes` data set: ten silhouettes on cluttered, textured backgrounds.
 
-Every image holds exactly one object whose class is its outline; position, size,
-rotation and colour are drawn independently of the class, so only shape tells the
-classes apart. The background is low-frequency colour noise plus distractor strokes
-and smudges that are not class shapes, which is what keeps a linear classifier on
-raw pixels far below a small CNN.
+Every image holds exactly one object whose class is its outline. Position, size,
+rotation and hue are drawn independently of the class, and the shapes' areas are
+kept within a factor of 1.5 of each other, so only shape tells the classes apart.
+The object is always lighter than its background (a fixed contrast polarity), which
+keeps the task learnable for a small CNN in a few epochs; the background is
+low-frequency colour noise plus distractor strokes and smudges that are none of the
+classes, and together with the random pose this keeps a linear classifier on raw
+pixels far below a CNN (about 25% against 95%; see the tests).
 
 Rendering is vectorised with numpy: each shape is a signed-distance function
 evaluated on the pixel grid of a whole batch at once, and its distance in pixels
@@ -61,7 +64,7 @@ def _heart_polygon(n: int = 32) -> np.ndarray:
 
 _HEART = _heart_polygon()
 _ARROW = np.array(
-    [[-0.92, -0.26], [0.05, -0.26], [0.05, -0.68], [0.95, 0.0], [0.05, 0.68], [0.05, 0.26], [-0.92, 0.26]],
+    [[-0.9, -0.3], [0.05, -0.3], [0.05, -0.72], [0.95, 0.0], [0.05, 0.72], [0.05, 0.3], [-0.9, 0.3]],
     dtype=np.float32,
 )
 
@@ -101,28 +104,28 @@ def _sdf(k: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Signed distance of class k in local units; every shape fits in the unit disc."""
     name = CLASSES[k]
     if name == "circle":
-        return _sd_circle(x, y, 0.88)
+        return _sd_circle(x, y, 0.75)
     if name == "square":
-        return _sd_box(x, y, 0.68, 0.68)
+        return _sd_box(x, y, 0.62, 0.62)
     if name == "triangle":
-        return _sd_polygon(x, y + 0.1, _TRIANGLE)
+        return _sd_polygon(x, y, _TRIANGLE)
     if name == "star":
         return _sd_polygon(x, y, _STAR)
     if name == "cross":
         return np.minimum(_sd_box(x, y, 0.92, 0.26), _sd_box(x, y, 0.26, 0.92))
     if name == "ring":
-        return np.abs(_sd_circle(x, y, 0.7)) - 0.22
+        return np.abs(_sd_circle(x, y, 0.66)) - 0.2
     if name == "heart":
         return _sd_polygon(x, y, _HEART)
     if name == "ellipse":
         # Not an exact distance, but exact on the outline and close within a pixel of it.
-        a, b = 0.95, 0.45
+        a, b = 0.95, 0.5
         k = np.sqrt((x / a) ** 2 + (y / b) ** 2)
         return (k - 1) * (k / np.maximum(np.sqrt((x / a**2) ** 2 + (y / b**2) ** 2), 1e-6))
     if name == "arrow":
         return _sd_polygon(x, y, _ARROW)
     if name == "crescent":
-        return np.maximum(_sd_circle(x, y, 0.9), -_sd_circle(x, y, 0.72, 0.42, 0.0))
+        return np.maximum(_sd_circle(x, y, 0.95), -_sd_circle(x, y, 0.72, 0.45, 0.0))
     raise ValueError(k)
 
 
@@ -146,21 +149,16 @@ def _smooth_noise(rng, b: int, channels: int, cells: int, size: int, amp: float)
 
 
 def _paired_colours(rng, b: int):
-    """Background and object colours of random hue with a guaranteed lightness gap.
+    """Background and object colours of random hue, the object always the lighter of the two.
 
-    One of the pair is darkened (a random colour times 0.08..0.38), the other lightened
-    (towards white by the same rule), and a coin decides which one the object gets. Both
-    polarities are equally likely, so a pixel's brightness says nothing about the class
-    and a linear model cannot use the object's sign of contrast; a conv net's edge
-    detectors can.
+    The background is a random colour darkened (times 0.08..0.38), the object a random
+    colour lightened (towards white by the same rule), so the lightness gap is at least
+    0.24 before noise. The hues are independent of the class and of each other.
     """
     f32 = np.float32
     dark = rng.random((b, 3), dtype=f32) * rng.uniform(0.08, 0.38, (b, 1)).astype(f32)
     light = 1 - (1 - rng.random((b, 3), dtype=f32)) * rng.uniform(0.08, 0.38, (b, 1)).astype(f32)
-    object_light = rng.random(b) < 0.5
-    background = np.where(object_light[:, None], dark, light)
-    obj = np.where(object_light[:, None], light, dark)
-    return background, obj
+    return dark, light
 
 
 def _render_chunk(rng, labels: np.ndarray, size: int):
