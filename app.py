@@ -11,11 +11,14 @@ State is per browser session: a `gr.State` holds the spec being edited and anoth
 """
 from __future__ import annotations
 
+import errno
 import functools
 import html
 import inspect
+import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -73,11 +76,19 @@ def _one_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:400]
 
 
+def _md_text(text: str) -> str:
+    """Text (file names from an upload among it) shown literally inside Markdown."""
+    return re.sub(r"([\\`*_{}\[\]()#+!|<>])", r"\\\1", html.escape(text, quote=False))
+
+
 def user_errors(fn: Callable) -> Callable:
     """Turn exceptions into a gr.Error with one readable line; the app keeps serving."""
     def convert(e: Exception) -> gr.Error:
         if isinstance(e, gr.Error):
             return e
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return gr.Error("The server's disk is full, so nothing could be written; "
+                            "try again later.")
         if isinstance(e, USER_ERRORS):
             return gr.Error(_one_line(e))
         log.exception("unexpected error in %s", fn.__name__)
@@ -117,10 +128,13 @@ def close_session(value: Any) -> None:
 
 
 def on_unload(request: gr.Request) -> None:
-    """The tab was closed: remove the session's folder at once (a running training sees it
-    gone and stops); the state itself is deleted later by Gradio."""
-    if request is not None and getattr(request, "session_hash", None):
-        sess.remove_session_dir(request.session_hash)
+    """The tab was closed: close its session at once — the training stops after the current
+    batch, runs and data sets are released and the folder is removed. (Gradio keeps a closed
+    tab's gr.State for an hour before `close_session` runs; by then it holds nothing.)"""
+    key = getattr(request, "session_hash", None) if request is not None else None
+    if key:
+        sess.close_sessions(key)
+        sess.remove_session_dir(key)
 
 
 def default_spec() -> dict:
@@ -277,10 +291,22 @@ def on_apply_params(spec_state: Any, index: Any, repeat: Any, *slots: Any):
     return build_views(edit.set_layer_params(spec, sel, params, repeat=rep), sel)
 
 
+def _unicode_checked(spec: dict) -> dict:
+    """JSON's "\\ud800" escapes decode to lone surrogates, which no response can carry
+    (the reply would die mid-stream): refuse them here, with a message."""
+    try:
+        json.dumps(spec, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start:e.end].encode("unicode_escape").decode("ascii")
+        raise SpecError(f"the spec holds text that is not valid Unicode (a lone surrogate, "
+                        f"{bad}); remove it") from None
+    return spec
+
+
 @user_errors
 def on_apply_json(text: str, spec_state: Any, index: Any):
     """The JSON editor's text becomes the spec (input/classes kept from the data set)."""
-    spec = edit.spec_from_json(text or "")
+    spec = _unicode_checked(edit.spec_from_json(text or ""))
     current = _spec(spec_state)
     spec = edit.set_input(spec, current.get("input", DEFAULT_INPUT), current.get("classes", DEFAULT_CLASSES))
     return build_views(spec, index)
@@ -301,7 +327,7 @@ def on_upload_spec(file: Any, spec_state: Any, session_state: Any = None,
     if path.stat().st_size > edit.MAX_SPEC_BYTES:
         raise gr.Error(f"{path.name} is larger than {edit.MAX_SPEC_BYTES // 1024} KiB; "
                        f"that is not a network spec.")
-    spec = edit.spec_from_json(path.read_bytes())
+    spec = _unicode_checked(edit.spec_from_json(path.read_bytes()))
     current = _spec(spec_state)
     spec = edit.set_input(spec, current.get("input", DEFAULT_INPUT), current.get("classes", DEFAULT_CLASSES))
     return [s] + build_views(spec, 0)
@@ -346,6 +372,24 @@ def _upload_path(upload: Any, session: Session) -> str:
     return str(path)
 
 
+SKIP_KINDS = (("unsafe", "unsafe entries (absolute paths, '..' or links)"),
+              ("non_images", "files that are not images"), ("corrupt", "corrupt images"),
+              ("too_large", "images with too many pixels"),
+              ("outside_classes", "files outside the class folders"))
+
+
+def skipped_note(report: dict) -> str:
+    """One line on what an uploaded zip's reader skipped ('' when nothing was)."""
+    parts = []
+    for kind, what in SKIP_KINDS:
+        n = int(report.get(f"skipped_{kind}", 0) or 0)
+        if n:
+            examples = report.get("examples", {}).get(kind) or []
+            eg = f" (e.g. {examples[0][:80]})" if examples else ""
+            parts.append(f"{n:,} {what}{eg}")
+    return ("Skipped " + "; ".join(parts) + ".") if parts else ""
+
+
 def dataset_note(dataset: str) -> str:
     helps = dataset_help()
     if dataset == UPLOAD:
@@ -365,12 +409,18 @@ def on_dataset_change(dataset: str, upload: Any, spec_state: Any, index: Any,
         meta = dataset_meta(dataset, upload, s)
     except (DatasetError, LimitError, ValueError) as e:
         gr.Warning(_one_line(e))
+        note += f"  \n⚠ {_md_text(_one_line(e))}"
         meta = None
     if meta is not None:
         shape, classes = meta
         if list(spec.get("input", [])) != list(shape) or spec.get("classes") != classes:
             spec = edit.set_input(spec, shape, classes)
         note += f"  \nInput {'×'.join(map(str, shape))}, {classes} classes."
+        if dataset == UPLOAD:
+            skipped = skipped_note(s.dataset(_upload_path(upload, s)).report)
+            if skipped:
+                gr.Warning(skipped)
+                note += f"  \n{_md_text(skipped)}"
     return [s, gr.update(value=note), gr.update(visible=dataset == UPLOAD)] + build_views(spec, index)
 
 
@@ -466,6 +516,8 @@ def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, tra
             yield [s, progress_html(u.progress, u.text), plot,
                    f"⚠ Training {u.status}: {html.escape(u.message)}"] + keep + idle
             return
+        if u.warning:
+            gr.Warning(u.warning)
         yield [s, progress_html(u.progress, u.text), plot,
                f"✓ {html.escape(u.message)} — open **Inspect** to look inside."] \
             + _run_updates(s, u.run_id) + idle
@@ -533,8 +585,21 @@ def on_gallery_select(evt: gr.SelectData):
     return {"source": "test", "index": int(evt.index)}
 
 
+@user_errors
 def on_upload_image(image: Any):
-    return None if image is None else {"source": "upload", "array": image}
+    """An uploaded picture (Gradio's file payload, a path or an array) becomes the input to
+    inspect. Files are decoded here, not by Gradio, so that empty, truncated, non-image and
+    decompression-bomb files are refused with one line before any pixel is decoded."""
+    if image is None:
+        return None
+    if isinstance(image, dict) or isinstance(image, (str, Path)):
+        path = image.get("path") if isinstance(image, dict) else image
+        if not path:
+            raise gr.Error("No image received; upload it again.")
+        name = (image.get("orig_name") if isinstance(image, dict) else None) or Path(path).name
+        image = sess.read_image_file(path, name=Path(str(name)).name[:80],
+                                     max_bytes=Limits.from_env().max_upload_bytes)
+    return {"source": "upload", "array": image}
 
 
 def on_sketch(value: Any):
@@ -898,7 +963,9 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
         pick_outputs = [session_state, gallery, layer_pick, sketch, image_state, inspect_note]
         run_dd.change(on_pick_run, [session_state, run_dd], pick_outputs, api_name="pick_run")
         gallery.select(on_gallery_select, None, image_state, api_visibility="private")
-        upload_img.upload(on_upload_image, upload_img, image_state, api_visibility="private")
+        # preprocess=False: the handler decodes the file itself, under its own limits.
+        upload_img.upload(on_upload_image, upload_img, image_state, api_name="upload_image",
+                          preprocess=False)
         sketch.change(on_sketch, sketch, image_state, api_visibility="private")
         inspect_inputs = [session_state, run_dd, view_dd, image_state, layer_pick]
         inspect_outputs = [session_state, view_plot, top5, view_note, preview]

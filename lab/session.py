@@ -540,6 +540,71 @@ def test_images(ds: Any, n: int = GALLERY_SIZE) -> list[tuple[Any, str]]:
     return out
 
 
+UPLOAD_IMAGE_MAX_PIXELS = 40_000_000   # as for image folders (lab.data.folder)
+UPLOAD_IMAGE_KEEP_SIDE = 512           # an uploaded picture is kept at most this big
+
+
+def read_image_file(path: str | Path, name: str | None = None,
+                    max_bytes: int | None = None,
+                    max_pixels: int = UPLOAD_IMAGE_MAX_PIXELS) -> Any:
+    """An uploaded image file as a uint8 (H, W, 3) or (H, W) array, at most
+    UPLOAD_IMAGE_KEEP_SIDE a side; SessionError with one line naming the file otherwise.
+
+    The pixel count is read from the header and refused before anything is decoded
+    (a decompression bomb: a small PNG declaring 30000x30000 pixels); empty, truncated
+    and non-image files are refused by name."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+    path = Path(path)
+    name = name or path.name
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise SessionError(f"{name} could not be read; upload it again") from None
+    if size == 0:
+        raise SessionError(f"{name} is empty (0 bytes); upload a PNG, JPEG, GIF, BMP or WebP image")
+    if max_bytes is not None and size > max_bytes:
+        raise SessionError(f"{name} is {size / 2**20:.1f} MB; images are limited to "
+                           f"{max_bytes / 2**20:g} MB")
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        what = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+        raise SessionError(f"{name} declares {what}; at most {max_pixels:,} are accepted") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise SessionError(f"{name} is not an image that can be read; upload a PNG, JPEG, GIF, "
+                           f"BMP or WebP image") from None
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise SessionError(f"{name} declares {w}×{h} = {w * h:,} pixels; at most "
+                               f"{max_pixels:,} are accepted")
+        if w < 1 or h < 1:
+            raise SessionError(f"{name} has no pixels ({w}×{h})")
+        try:
+            if im.format == "JPEG":
+                im.draft("RGB", (UPLOAD_IMAGE_KEEP_SIDE, UPLOAD_IMAGE_KEEP_SIDE))
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                out = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)),
+                                            rgba).convert("RGB")
+            elif im.mode in ("L", "1"):
+                out = im.convert("L")
+            elif im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+                a = np.asarray(im, dtype=np.float64)
+                lo, hi = float(a.min()), float(a.max())
+                a = np.zeros_like(a) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
+                out = Image.fromarray(a.round().astype(np.uint8), "L")
+            else:
+                out = im.convert("RGB")
+            out.thumbnail((UPLOAD_IMAGE_KEEP_SIDE, UPLOAD_IMAGE_KEEP_SIDE), Image.BILINEAR)
+            return np.ascontiguousarray(np.asarray(out, dtype=np.uint8))
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+            raise SessionError(f"{name} is truncated or corrupt; upload the image again") from None
+
+
 def prepare_image(array: Any, input_shape: tuple[int, int, int] | list) -> Any:
     """An uploaded picture (H, W[, C]) of any size to uint8 (C, H, W) at the input shape
     (RGBA composited on white, grey <-> RGB as the network needs)."""

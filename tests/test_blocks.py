@@ -36,10 +36,10 @@ def one_layer(block: str, params: dict | None = None, input=MAP, flat: bool = Fa
     spec = {"input": list(input), "layers": layers}
     try:
         blocks.build(spec, "meta")
-    except blocks.SpecError as e:       # ends on a feature map: close the network
+    except blocks.SpecError as e:       # not a classifier yet: close the network with a linear
         if not e.problem.startswith("the network ends with"):
             raise
-        spec["layers"] = layers + [{"block": "flatten"}]
+        spec["layers"] = layers + [{"block": "linear"}]
     net = blocks.build(spec, device)
     i = len(layers) - 1
     return net.layers[i], net.layer_info[i]

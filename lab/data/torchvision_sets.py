@@ -70,9 +70,23 @@ def _load_mnist_like(cls, name: str, root: Path, download: bool):
     legacy = all((processed / f).is_file() for f in (cls.training_file, cls.test_file))
 
     if not legacy:
+        partial: list[str] = []  # files a cut-off download left behind, deleted to fetch again
         for f in files:
             if not (raw / f).is_file() and (raw / (f + ".gz")).is_file():
-                _gunzip(raw / (f + ".gz"), raw / f)
+                try:
+                    _gunzip(raw / (f + ".gz"), raw / f)
+                except DatasetError:
+                    if not download:
+                        raise
+                    (raw / (f + ".gz")).unlink(missing_ok=True)
+                    partial.append(f + ".gz")
+            elif download and (raw / f).is_file():
+                try:
+                    _check_idx(raw / f, 3 if "images" in f else 1)
+                except (OSError, ValueError):
+                    for bad in (raw / f, raw / (f + ".gz")):
+                        bad.unlink(missing_ok=True)
+                    partial.append(f)
         missing = [f for f in files if not (raw / f).is_file()]
         if missing and download:
             try:
@@ -80,8 +94,11 @@ def _load_mnist_like(cls, name: str, root: Path, download: bool):
             except Exception as e:  # noqa: BLE001 - any failure here means "no usable download"
                 missing = [f for f in files if not (raw / f).is_file()]
                 reason = _first_line(e)
+                where = (f"{', '.join(partial)} in {raw}/ was truncated or corrupt (deleted) and "
+                         f"could not be downloaded again" if partial else
+                         f"{name} is not under {root}/ and could not be downloaded")
                 raise DatasetError(
-                    f"{name} is not under {root}/ and could not be downloaded (offline? {reason}): "
+                    f"{where} (offline? {reason}): "
                     f"put {', '.join(missing)} (or the same names with .gz) in {raw}/"
                 ) from None
             missing = [f for f in files if not (raw / f).is_file()]
