@@ -5,12 +5,14 @@ inspection timings plug in here). The training cases train one model on one batc
 stream twice — through `Trainer` with its reporting on, and through a bare PyTorch loop
 (zero_grad, forward, loss, backward, step over pre-made, pre-normalised batches already on
 the device) — in alternating rounds (A B, B A, A B …) so drift in a shared machine's speed
-falls on both sides, and reports both images per second and their ratio.
+falls on both sides, and reports both images per second and their ratio (medians over
+rounds, so a burst of other work on a shared machine does not decide the figure).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -29,16 +31,16 @@ class BenchOptions:
     quick: bool = False
     device: str = "auto"
     data_root: str = "data"
-    rounds: int | None = None          # None: 3 (2 when quick)
-    round_seconds: float | None = None  # target time of one timed round; None: 4 (1 when quick)
+    rounds: int | None = None          # None: 5 (3 when quick)
+    round_seconds: float | None = None  # target time of one timed round; None: 2 (1 when quick)
 
     @property
     def n_rounds(self) -> int:
-        return self.rounds if self.rounds is not None else (2 if self.quick else 3)
+        return self.rounds if self.rounds is not None else (3 if self.quick else 5)
 
     @property
     def seconds(self) -> float:
-        return self.round_seconds if self.round_seconds is not None else (1.0 if self.quick else 4.0)
+        return self.round_seconds if self.round_seconds is not None else (1.0 if self.quick else 2.0)
 
     @property
     def min_steps(self) -> int:
@@ -132,31 +134,47 @@ def _bare_round(spec: dict, ds, settings: TrainSettings, device: torch.device,
 
 def _trainer_round(spec: dict, ds, settings: TrainSettings, warmup: int) -> tuple[int, float]:
     """(images, seconds) of the Trainer's steps after `warmup`, timed by its step events
-    (each is emitted right after a step and its metric read-back)."""
+    (each is emitted right after a step and its metric read-back). When the steps are so
+    slow that no report falls after the warm-up but before the last step, the round is
+    timed from the "start" event instead (warm-up included: slightly pessimistic)."""
     trainer = Trainer(spec, settings, ds)
     marks: list[tuple[int, float]] = []
     for event in trainer.run():
-        if event["type"] == "step":
+        if event["type"] == "start":
+            start = (0, time.perf_counter())
+        elif event["type"] == "step":
             marks.append((event["step"], time.perf_counter()))
         elif event["type"] == "end" and event["status"] != "completed":
             raise RuntimeError(f"the bench run ended '{event['status']}': {event['message']}")
     timed = [m for m in marks if m[0] >= warmup]
     if len(timed) < 2:
-        raise RuntimeError("too few step reports to time; raise round_seconds")
+        timed = [start, marks[-1]]
     (s0, t0), (s1, t1) = timed[0], timed[-1]
     return (s1 - s0) * settings.batch_size, t1 - t0
 
 
-def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int = 128,
+def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int | None = None,
                      warmup: int = 3) -> dict:
-    """Trainer vs bare loop on the same model, data and device; alternating rounds."""
+    """Trainer vs bare loop on the same model, data and device; alternating rounds.
+    The figures are medians over rounds (a shared machine has bursts of other work)."""
+    batch_size = batch_size or TrainSettings.batch_size
     device = choose_device(options.device)
     spec = prepare_spec(spec, ds.input_shape, len(ds.classes))
     probe = TrainSettings(device=str(device), batch_size=batch_size, epochs=1, lr=1e-3)
-    # Calibrate: how many steps make a round of about `options.seconds`?
-    images, secs = _bare_round(spec, _tiled(ds, (warmup + 3) * batch_size, 0), probe, device, warmup, 3)
-    per_step = secs / 3
-    steps = int(min(5000, max(options.min_steps, math.ceil(options.seconds / max(per_step, 1e-6)))))
+    # Calibrate: how many steps make a round of about `options.seconds`? The first call pays
+    # one-off costs (kernel selection, allocator growth), so it is not measured.
+    calib = _tiled(ds, 64 * batch_size, 0)
+    _bare_round(spec, calib, probe, device, 1, 1)
+    n = 2
+    while True:
+        _, secs = _bare_round(spec, calib, probe, device, warmup, n)
+        if secs >= 0.25 or n >= 64:
+            break
+        n *= 4
+    per_step = secs / n
+    # A round spans several report intervals, so the Trainer's step events can time it.
+    seconds = max(options.seconds, 4 * TrainSettings.report_interval)
+    steps = int(min(5000, max(options.min_steps, math.ceil(seconds / max(per_step, 1e-6)))))
     data = _tiled(ds, (warmup + steps) * batch_size, batch_size)
     settings = dataclasses.replace(probe, report_interval=TrainSettings.report_interval)
     rounds = []
@@ -170,12 +188,11 @@ def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int = 12
                 result[which] = _bare_round(spec, data, settings, device, warmup, steps)
         rounds.append({k: round(v[0] / v[1], 1) for k, v in result.items()})
         rounds[-1]["ratio"] = round(rounds[-1]["trainer"] / rounds[-1]["bare"], 3)
-    t_ips = sum(r["trainer"] for r in rounds) / len(rounds)
-    b_ips = sum(r["bare"] for r in rounds) / len(rounds)
-    return {"kind": "training", "device": device_name(device), "batch_size": batch_size,
-            "steps_per_round": steps, "rounds": rounds,
-            "trainer_images_per_sec": round(t_ips, 1), "bare_images_per_sec": round(b_ips, 1),
-            "ratio": round(t_ips / b_ips, 3)}
+    return {"kind": "training", "device": device_name(device), "threads": torch.get_num_threads(),
+            "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
+            "trainer_images_per_sec": statistics.median(r["trainer"] for r in rounds),
+            "bare_images_per_sec": statistics.median(r["bare"] for r in rounds),
+            "ratio": statistics.median(r["ratio"] for r in rounds)}
 
 
 def _preset_case(preset: str, dataset: str, width: float | None, train_size: int | None) -> Case:
@@ -198,10 +215,11 @@ def format_result(result: dict) -> str:
     """One case as a line or two of text."""
     if result.get("kind") == "training":
         spread = ", ".join(f"{r['ratio']:.3f}" for r in result["rounds"])
-        return (f"{result['name']} [{result['device']}, batch {result['batch_size']}]\n"
+        return (f"{result['name']} [{result['device']}, {result['threads']} thread(s), "
+                f"batch {result['batch_size']}]\n"
                 f"  Trainer {result['trainer_images_per_sec']:,.0f} img/s | bare loop "
                 f"{result['bare_images_per_sec']:,.0f} img/s | ratio {result['ratio']:.3f} "
-                f"(rounds: {spread})")
+                f"(medians; rounds: {spread})")
     fields = ", ".join(f"{k} {v}" for k, v in result.items() if k != "name" and not isinstance(v, (list, dict)))
     return f"{result['name']}: {fields}"
 

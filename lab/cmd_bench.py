@@ -21,7 +21,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--data-root", default="data", metavar="DIR")
-    p.add_argument("--rounds", type=int, metavar="N", help="timed rounds per side (default 3, quick 2)")
+    p.add_argument("--rounds", type=int, metavar="N", help="timed rounds per side (default 5, quick 3)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for torch (default: torch's choice); 1 steadies the figures "
+                        "on a machine shared with other work")
     p.set_defaults(func=run)
 
 
@@ -33,8 +36,12 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print("\n".join(case_names()))
         return 0
-    if args.rounds is not None and args.rounds < 1:
-        raise UsageError(f"--rounds must be a positive whole number, got {args.rounds}")
+    for flag, value in (("--rounds", args.rounds), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive whole number, got {value}")
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)   # this process is the bench; nothing else to disturb
     choose_device(args.device)
     options = BenchOptions(quick=args.quick, device=args.device, data_root=args.data_root,
                            rounds=args.rounds)

@@ -138,7 +138,7 @@ class _Display:
         elif kind == "step" and self.bar is not None:
             self.bar.update(e["step"] - self.done)
             self.done = e["step"]
-            self.bar.set_postfix(loss=f"{e['loss']:.4f}", acc=_pct(self.test_acc),
+            self.bar.set_postfix(loss=f"{e['loss']:.4f}", test_acc=_pct(self.test_acc),
                                  img_s=f"{e['images_per_sec']:,.0f}", refresh=False)
         elif kind == "epoch":
             self.test_acc = e["test_acc"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import functools
 import itertools
 import os
 import queue
@@ -94,9 +95,9 @@ def close_sessions(key: str | None) -> int:
 
 
 def open_sessions() -> list["Session"]:
-    """The sessions not closed yet (for tests and monitoring)."""
+    """The sessions whose `close()` has not finished (for tests and monitoring)."""
     with _LIVE_LOCK:
-        return [s for s in list(_LIVE) if not s.closed]
+        return list(_LIVE)
 
 
 def download_allowed() -> bool:
@@ -311,9 +312,10 @@ class Session:
                 self._training.request_stop()
             self.runs.clear()
             self._datasets.clear()
+        shutil.rmtree(self.root / f"s-{self.key}", ignore_errors=True)
+        _return_memory()
         with _LIVE_LOCK:
             _LIVE.discard(self)
-        shutil.rmtree(self.root / f"s-{self.key}", ignore_errors=True)
 
     # -- data sets
 
@@ -690,6 +692,24 @@ def _dataset_info(ds: Any) -> dict:
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:300]
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    import ctypes
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _return_memory() -> None:
+    """Hand freed memory back to the OS. glibc keeps what training threads freed in their
+    arenas (about 25 MB a visitor here), so without this the server's RSS only grows as
+    visitors come and go. Linux/glibc only; a no-op elsewhere."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _os_reason(e: BaseException) -> str:

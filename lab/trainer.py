@@ -249,6 +249,10 @@ def _finite(v: float | None) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
 
 
+def _best(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
 def _is_oom(e: BaseException) -> bool:
     text = str(e)
     return isinstance(e, torch.cuda.OutOfMemoryError) or any(
@@ -298,8 +302,8 @@ class Trainer:
         if n == 0:
             raise TrainingError(f"data set '{dataset.name}' has no training images")
         b = settings.batch_size
-        # Full batches only (a permutation per epoch means every image is still seen);
-        # a data set smaller than one batch trains on one batch of everything.
+        # Full batches only (the few images left over differ every epoch, as the order is
+        # a fresh permutation); a data set smaller than one batch trains on one batch of all.
         self.steps_per_epoch = max(1, n // b)
         self.epoch_images = min(n, self.steps_per_epoch * b)
         self.total_steps = self.steps_per_epoch * settings.epochs
@@ -329,7 +333,7 @@ class Trainer:
         threads = torch.get_num_threads()
         self._progress = {"steps": 0, "train_loss": None, "test_acc": None, "best": None,
                           "images": 0, "train_time": 0.0, "t0": time.perf_counter()}
-        failure = None
+        failed = False
         try:
             if self.device.type == "cuda":
                 torch.backends.cudnn.benchmark = True
@@ -340,8 +344,8 @@ class Trainer:
             except RuntimeError as e:
                 if not _is_oom(e) or isinstance(e, TrainingError):
                     raise
-                failure = e
-            if failure is not None:
+                failed = True      # not the exception: its traceback would pin the tensors
+            if failed:
                 # The training frame (and its tensors) is gone now; give memory back first.
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -478,11 +482,16 @@ class Trainer:
             synchronize(dev)
             train_time = time.perf_counter() - t_epoch
             p["train_time"] += train_time
+            if pending and not math.isfinite(p["train_loss"]):
+                p["test_acc"] = None
+                yield self._emit(self._end_event("diverged", (
+                    f"loss became {p['train_loss']} by step {step} (epoch {epoch}); "
+                    f"try a lower learning rate than {s.lr:g}")))
+                return
             if epoch_steps < spe:        # stopped inside the epoch
                 break
             test_loss, test_acc = self._evaluate(test, autocast, channels_last)
-            p["test_acc"] = test_acc
-            p["best"] = test_acc if p["best"] is None else max(p["best"], test_acc)
+            p["test_acc"], p["best"] = test_acc, _best(p["best"], test_acc)
             p["evaluated_at"] = step
             yield self._emit({
                 "type": "epoch", "epoch": epoch,
@@ -496,7 +505,7 @@ class Trainer:
             return
         if p.get("evaluated_at") != step:
             _, p["test_acc"] = self._evaluate(test, autocast, channels_last)
-            p["best"] = p["test_acc"] if p["best"] is None else max(p["best"], p["test_acc"])
+            p["best"] = _best(p["best"], p["test_acc"])
         yield self._emit(self._end_event(
             "stopped", f"stopped after {step} of {self.total_steps} steps "
                        f"({step / spe:.2f} epochs)"))

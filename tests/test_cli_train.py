@@ -117,9 +117,7 @@ def test_diverging_run_exits_1_and_is_saved(tmp_path, capsys):
                  "--lr", "1e6", "--json", "--out", str(tmp_path)])
     captured = capsys.readouterr()
     last = json.loads(captured.out.splitlines()[-1])
-    if last["status"] == "completed":     # sigmoids can saturate instead of overflowing
-        pytest.fail(f"lr=1e6 did not diverge: {last}")
-    assert code == 1 and last["status"] == "diverged"
+    assert code == 1 and last["status"] == "diverged", last
     assert "lower learning rate" in captured.err and captured.err.count("\n") == 1
     assert Path(last["run_dir"]).is_dir()
 
@@ -172,10 +170,12 @@ def test_compare_training_measures_both_loops():
                                        {"block": "global_avg_pool"}, {"block": "linear"}]}
     result = bench.compare_training(spec, ds, bench.BenchOptions(device="cpu", rounds=2, round_seconds=0.5),
                                     batch_size=16, warmup=2)
-    assert result["kind"] == "training" and len(result["rounds"]) == 2
+    assert result["kind"] == "training" and len(result["rounds"]) == 2 and result["batch_size"] == 16
     assert result["trainer_images_per_sec"] > 0 and result["bare_images_per_sec"] > 0
-    assert result["ratio"] == pytest.approx(result["trainer_images_per_sec"] / result["bare_images_per_sec"],
-                                            rel=1e-2)
+    for r in result["rounds"]:
+        assert r["ratio"] == pytest.approx(r["trainer"] / r["bare"], abs=1e-3)
+    # Two rounds: the median is their mean.
+    assert result["ratio"] == pytest.approx(sum(r["ratio"] for r in result["rounds"]) / 2)
     assert result["steps_per_round"] >= 5
     assert "ratio" in bench.format_result({"name": "x", **result})
 

@@ -190,6 +190,26 @@ def test_stop_after_second_step_keeps_the_trained_model(digits, tmp_path):
         assert torch.equal(run.model(x), trainer.model.eval()(x))
 
 
+def test_stop_between_reports_keeps_the_unreported_losses(digits):
+    trainer = Trainer(TINY, _settings(report_interval=1e9), digits)
+    forward, calls = trainer.model.forward, 0
+
+    def forward_then_stop(x):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            trainer.stop()          # from "another thread": takes effect before batch 4
+        return forward(x)
+
+    trainer.model.forward = forward_then_stop
+    events = list(trainer.run())
+    assert [e["type"] for e in events] == ["start", "end"]
+    end = events[-1]
+    assert end["status"] == "stopped" and end["epochs"] == pytest.approx(3 / 8)
+    assert math.isfinite(end["train_loss"]) and end["images_per_sec"] > 0
+    assert calls == 3 + 1           # three training batches, then one test batch of 2 × 32
+
+
 def test_stop_before_run_trains_nothing(digits):
     trainer = Trainer(TINY, _settings(), digits)
     trainer.stop()
