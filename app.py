@@ -592,7 +592,7 @@ def on_upload_image(image: Any):
     decompression-bomb files are refused with one line before any pixel is decoded."""
     if image is None:
         return None
-    if isinstance(image, dict) or isinstance(image, (str, Path)):
+    if isinstance(image, (dict, str, Path)):
         path = image.get("path") if isinstance(image, dict) else image
         if not path:
             raise gr.Error("No image received; upload it again.")

@@ -51,3 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `python -m lab blocks | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # a full disk, a read-only folder: one line, not a traceback
+        print(f"error: {e.strerror or e} ({e.filename or 'file'})", file=sys.stderr)
+        return 1

@@ -449,3 +449,32 @@ def test_zip_uploads_through_the_client(app_server, zips, app_env, monkeypatch):
         time.sleep(0.2)
     assert not any(s.key == key for s in sess.open_sessions())
     assert not (root / f"s-{key}").exists()
+
+
+def test_the_image_handler_only_ever_sees_uploaded_files(app_server, monkeypatch):
+    """The image upload skips Gradio's preprocessing (the handler decodes the file itself),
+    so check that a payload naming a server file is still refused before the handler."""
+    seen = []
+    real = sess.read_image_file
+    monkeypatch.setattr(sess, "read_image_file", lambda path, **kw: seen.append(str(path)) or
+                        real(path, **kw))
+    base = app_server.rstrip("/")
+    import httpx
+    with httpx.Client(timeout=60) as h:
+        for target in ("/etc/passwd", str(ROOT / "assets" / "screenshot-build.png")):
+            r = h.post(f"{base}/gradio_api/call/upload_image",
+                       json={"data": [{"path": target, "meta": {"_type": "gradio.FileData"}}]})
+            assert r.status_code == 200, r.text
+            event = r.json()["event_id"]
+            stream = h.get(f"{base}/gradio_api/call/upload_image/{event}").text
+            assert "event: error" in stream and "root:x:0:0" not in stream, stream[:500]
+        assert seen == []
+        # the control: the same call with a file that was uploaded reaches the handler
+        up = h.post(f"{base}/gradio_api/upload", files={"files": ("mine.png", png_bytes())})
+        uploaded = up.json()[0]
+        r = h.post(f"{base}/gradio_api/call/upload_image",
+                   json={"data": [{"path": uploaded, "orig_name": "mine.png",
+                                   "meta": {"_type": "gradio.FileData"}}]})
+        stream = h.get(f"{base}/gradio_api/call/upload_image/{r.json()['event_id']}").text
+        assert "event: complete" in stream, stream[:500]
+    assert seen == [uploaded]
