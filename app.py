@@ -786,6 +786,7 @@ def on_load(request: gr.Request = None):
 
 def build_ui(limits: Limits | None = None) -> gr.Blocks:
     """The whole app as a gr.Blocks (not launched)."""
+    from lab.trainer import TrainSettings
     limits = limits or Limits.from_env()
     presets = [EMPTY] + list_presets()
     env_train_size = sess.default_train_size("shapes") or 0
@@ -853,16 +854,17 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
                         dataset_md = gr.Markdown(dataset_note("shapes"))
                         zip_file = gr.File(label=f"Image folder .zip (≤ {limits.max_upload_mb:g} MB)",
                                            file_types=[".zip"], visible=False)
+                        defaults = TrainSettings()  # one source for the trainer's tuned defaults
                         train_size = gr.Number(env_train_size, label="Train size (0 = all)",
                                                precision=0, minimum=0)
                         with gr.Row():
                             epochs = gr.Number(3, label=f"Epochs (≤ {limits.max_epochs})", precision=0,
                                                minimum=1, maximum=limits.max_epochs)
-                            batch = gr.Number(128, label=f"Batch size (≤ {limits.max_batch})",
+                            batch = gr.Number(defaults.batch_size, label=f"Batch size (≤ {limits.max_batch})",
                                               precision=0, minimum=1, maximum=limits.max_batch)
                         with gr.Row():
                             optimizer = gr.Dropdown(["adam", "adamw", "sgd"], value="adam", label="Optimizer")
-                            lr = gr.Number(2e-3, label="Learning rate", minimum=0)
+                            lr = gr.Number(defaults.lr, label="Learning rate", minimum=0)
                         with gr.Row():
                             schedule = gr.Dropdown(["onecycle", "cosine", "constant"], value="onecycle",
                                                    label="Schedule")

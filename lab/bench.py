@@ -49,6 +49,8 @@ class BenchOptions:
 
 
 Case = Callable[[BenchOptions], dict]
+# Rounds whose ratios differ by more than this factor mean the machine was busy with other work.
+NOISY_SPREAD = 1.15
 _CASES: dict[str, Case] = {}
 
 
@@ -177,6 +179,9 @@ def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int | No
     steps = int(min(5000, max(options.min_steps, math.ceil(seconds / max(per_step, 1e-6)))))
     data = _tiled(ds, (warmup + steps) * batch_size, batch_size)
     settings = dataclasses.replace(probe, report_interval=TrainSettings.report_interval)
+    # One untimed pass through the Trainer too: its first run in a process pays one-off
+    # costs of its own (e.g. the evaluation's batch shape), which would bias round one.
+    _trainer_round(spec, _tiled(ds, (warmup + 2) * batch_size, batch_size), settings, warmup)
     rounds = []
     for r in range(options.n_rounds):
         order = ("trainer", "bare") if r % 2 == 0 else ("bare", "trainer")
@@ -188,7 +193,9 @@ def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int | No
                 result[which] = _bare_round(spec, data, settings, device, warmup, steps)
         rounds.append({k: round(v[0] / v[1], 1) for k, v in result.items()})
         rounds[-1]["ratio"] = round(rounds[-1]["trainer"] / rounds[-1]["bare"], 3)
+    ratios = [r["ratio"] for r in rounds]
     return {"kind": "training", "device": device_name(device), "threads": torch.get_num_threads(),
+            "noisy": max(ratios) > NOISY_SPREAD * min(ratios),
             "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
             "trainer_images_per_sec": statistics.median(r["trainer"] for r in rounds),
             "bare_images_per_sec": statistics.median(r["bare"] for r in rounds),
@@ -219,7 +226,9 @@ def format_result(result: dict) -> str:
                 f"batch {result['batch_size']}]\n"
                 f"  Trainer {result['trainer_images_per_sec']:,.0f} img/s | bare loop "
                 f"{result['bare_images_per_sec']:,.0f} img/s | ratio {result['ratio']:.3f} "
-                f"(medians; rounds: {spread})")
+                f"(medians; rounds: {spread})"
+                + ("\n  rounds disagree: other work is competing for the CPU; rerun, or try "
+                   "--threads 1" if result.get("noisy") else ""))
     fields = ", ".join(f"{k} {v}" for k, v in result.items() if k != "name" and not isinstance(v, (list, dict)))
     return f"{result['name']}: {fields}"
 

@@ -3,7 +3,6 @@ errors with exit status 2, Ctrl-C that still saves, and the bench's case machine
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
