@@ -57,3 +57,15 @@ def app_server(app_env):
         yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two busy torch threads on a shared 2-core machine spin against each other (up to 10×
+    slower); modules that time nothing but run many small forwards use one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

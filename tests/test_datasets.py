@@ -28,20 +28,13 @@ from lab.data.base import stratified_split, subsample
 from lab.data.shapes import generate_shapes
 from lab.datasets import DATASETS, Dataset, DatasetError, ZipLimits, clear_cache, load_dataset
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def one_line(excinfo) -> str:
     msg = str(excinfo.value)
     assert "\n" not in msg and msg, msg
     return msg
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The small full-batch fits below run 10x slower when two torch threads fight over a shared 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ REQUIRED = ["LeNet-5", "AlexNet", "VGG-11", "NiN", "GoogLeNet", "ResNet-18", "Re
 ALL = presets.list_presets()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine's two cores are shared; several intra-op threads spin against each other.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tv_counts(factory, **kw) -> tuple[int, int]:

@@ -26,15 +26,6 @@ SPEC = {
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """Two busy torch threads on a shared 2-core machine spin against each other (10× slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def trained(one_thread):
     ds = load_dataset("shapes", seed=0, train_size=4000, test_size=256)
     trainer = Trainer(SPEC, TrainSettings(epochs=3, batch_size=64, lr=3e-3, seed=0), ds)
