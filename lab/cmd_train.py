@@ -3,6 +3,9 @@
 A progress bar goes to stderr on a terminal; `--json` prints one JSON object per event
 to stdout, the last being the "end" event plus `run_dir`. Ctrl-C stops after the
 current batch and still saves the run (a second Ctrl-C aborts).
+
+Under `torchrun --nproc_per_node=N -m lab train …` every process trains its shard under
+DistributedDataParallel (lab/distributed.py); rank 0 alone prints and saves the run.
 """
 from __future__ import annotations
 
@@ -48,6 +51,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--width", type=float, metavar="W", help="channel width multiplier")
     p.add_argument("--device", choices=DEVICES, default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: BatchNorm statistics over all processes")
     p.add_argument("--out", default="runs", metavar="DIR", help="where runs are saved (default runs/)")
     p.add_argument("--json", action="store_true", help="print one JSON object per event")
     p.set_defaults(func=run)
@@ -59,7 +64,7 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
                          momentum=args.momentum, weight_decay=args.weight_decay,
                          schedule=args.schedule, label_smoothing=args.label_smoothing,
                          augment=args.augment, device=args.device, seed=args.seed,
-                         width=args.width)
+                         width=args.width, sync_bn=args.sync_bn)
 
 
 def _read_spec_file(path: str) -> dict:
@@ -132,7 +137,9 @@ class _Display:
                 self.bar = tqdm(total=e["total_steps"], file=sys.stderr, unit="step",
                                 dynamic_ncols=True, leave=True)
             if not self.as_json:
-                self.say(f"training on {e['device_name']}: {e['params']:,} parameters, "
+                procs = e.get("processes", 1)
+                where = e["device_name"] if procs == 1 else f"{procs} processes ({e['device_name']})"
+                self.say(f"training on {where}: {e['params']:,} parameters, "
                          f"{e['train_size']:,} training / {e['test_size']:,} test images, "
                          f"{e['total_steps']:,} steps")
         elif kind == "step" and self.bar is not None:
@@ -151,28 +158,69 @@ class _Display:
             self.bar = None
 
 
+class _Silent:
+    """What processes other than rank 0 show: nothing."""
+    bar = None
+
+    def say(self, text: str) -> None:
+        pass
+
+    def event(self, e: dict) -> None:
+        pass
+
+
 def run(args: argparse.Namespace) -> int:
-    from lab.datasets import load_dataset
-    from lab.runs import save_run
-    from presets import get_preset, load_preset
+    from lab import distributed
 
     settings = _settings(args)                      # ValueError -> one line, exit 2
     _positive("--train-size", args.train_size)
     _positive("--test-size", args.test_size)
-    choose_device(settings.device)
     spec = _read_spec_file(args.spec) if args.spec else None
+    if distributed.world_size_from_env() == 1:
+        choose_device(settings.device)
+        return _train(args, settings, spec, None)
+    try:
+        dist = distributed.setup(settings.device)
+    except distributed.DistributedError as e:
+        raise UsageError(str(e)) from None
+    try:
+        code = _train(args, settings, spec, dist)
+    except BaseException:
+        dist.close(wait=False)
+        raise
+    dist.close()
+    return code
+
+
+def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None, dist) -> int:
+    from lab.datasets import load_dataset
+    from lab.runs import save_run
+    from presets import get_preset, load_preset
+
     if args.preset:
         get_preset(args.preset)                     # unknown names fail before data loads
-    ds = load_dataset(args.dataset, args.data_root, seed=args.seed, download=not args.no_download,
-                      train_size=args.train_size, test_size=args.test_size)
+    main = dist is None or dist.is_main
+
+    def load():
+        return load_dataset(args.dataset, args.data_root, seed=args.seed,
+                            download=not args.no_download,
+                            train_size=args.train_size, test_size=args.test_size)
+    if dist is None:
+        ds = load()
+    else:   # one process per machine downloads; the others then read its files
+        if dist.local_rank == 0:
+            ds = load()
+        dist.barrier()
+        if dist.local_rank != 0:
+            ds = load()
     if spec is None:
         spec = load_preset(args.preset, input_shape=ds.input_shape, classes=len(ds.classes),
                            width=args.width)
     try:
-        trainer = Trainer(spec, settings, ds)
+        trainer = Trainer(spec, settings, ds, dist=dist)
     except TrainingError as e:
         raise UsageError(str(e)) from None
-    display = _Display(args.json)
+    display = _Display(args.json) if main else _Silent()
     end: dict = {}
     try:
         with _ctrl_c_stops(trainer, display.say):
@@ -183,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if display.bar is not None:
             display.bar.close()
+    if not main:
+        return 1 if end.get("status") in ("diverged", "failed") else 0
     run_dir = None if end.get("status") == "failed" else save_run(trainer, args.out)
     if args.json:
         print(json.dumps({**end, "run_dir": None if run_dir is None else str(run_dir)}), flush=True)

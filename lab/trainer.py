@@ -38,6 +38,7 @@ from lab.device import DEVICES, choose_device, device_name, synchronize, usable_
 
 if TYPE_CHECKING:
     from lab.datasets import Dataset
+    from lab.distributed import Distributed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -72,6 +73,7 @@ class TrainSettings:
     device: str = "auto"             # auto | cpu | cuda | mps
     seed: int = 0
     width: float | None = None       # overrides the spec's width when set
+    sync_bn: bool = False            # torchrun on GPUs: BatchNorm statistics over all processes
     report_interval: float = 0.25    # seconds between step events
 
     def __post_init__(self) -> None:
@@ -117,6 +119,7 @@ def _settings_problem(s: TrainSettings) -> str:
         (_is_num(s.label_smoothing) and 0 <= s.label_smoothing < 1,
          f"label smoothing must be in [0, 1), got {s.label_smoothing!r}"),
         (isinstance(s.augment, bool), f"augment must be true or false, got {s.augment!r}"),
+        (isinstance(s.sync_bn, bool), f"sync_bn must be true or false, got {s.sync_bn!r}"),
         (isinstance(s.device, str) and s.device.split(":", 1)[0] in DEVICES,
          f"device must be one of {', '.join(DEVICES)}, got {s.device!r}"),
         (_is_int(s.seed) and 0 <= s.seed < 2**63, f"seed must be a whole number >= 0, got {s.seed!r}"),
@@ -278,10 +281,16 @@ class Trainer:
 
     `max_device_bytes`: data sets larger than this stream through a DataLoader instead of
     being copied to the device (a test forces that path with a small value).
+    `dist`: this process's place in a torchrun job (lab/distributed.py), or None. Then the
+    network trains under DistributedDataParallel on `dist.device`, each process takes
+    batch_size / world_size images of every global batch, and every reported number is
+    summed over processes (so all of them see the same events); reports come every
+    `report_every` steps instead of every `report_interval` seconds, because all processes
+    must reach each read-back (a collective) at the same step.
     """
 
     def __init__(self, spec: dict, settings: TrainSettings, dataset: "Dataset | None" = None,
-                 *, max_device_bytes: int | None = None):
+                 *, max_device_bytes: int | None = None, dist: "Distributed | None" = None):
         if not isinstance(settings, TrainSettings):
             raise TypeError("settings must be a TrainSettings")
         self.settings = settings
@@ -289,10 +298,20 @@ class Trainer:
             from lab.datasets import load_dataset
             dataset = load_dataset(settings.dataset, settings.data_root, seed=settings.seed)
         self.dataset = dataset
-        self.device = choose_device(settings.device)
+        self.dist = dist
+        self.world = 1 if dist is None else dist.world_size
+        self.device = choose_device(settings.device) if dist is None else dist.device
+        if settings.sync_bn and self.world > 1 and self.device.type != "cuda":
+            raise TrainingError("--sync-bn needs GPUs (torch's SyncBatchNorm runs on CUDA only); "
+                                "without it each process normalises with its own batch statistics")
+        if settings.batch_size % self.world:
+            raise TrainingError(f"batch size {settings.batch_size} cannot be split evenly over "
+                                f"{self.world} processes; use a multiple of {self.world}")
         spec = prepare_spec(spec, dataset.input_shape, len(dataset.classes), settings.width)
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(settings.seed)    # the same initialisation in every process
         self.model: blocks.Network = blocks.build(spec, device=self.device)
+        if self.world > 1:                  # but not the same dropout masks
+            torch.manual_seed(settings.seed + dist.rank)
         self.spec = self.model.spec
         self.max_device_bytes = MAX_DEVICE_BYTES if max_device_bytes is None else max_device_bytes
         self.history: list[dict] = []
@@ -301,12 +320,16 @@ class Trainer:
         n = len(dataset.train_y)
         if n == 0:
             raise TrainingError(f"data set '{dataset.name}' has no training images")
+        if n < self.world:
+            raise TrainingError(f"data set '{dataset.name}' has {n} training image(s), fewer "
+                                f"than the {self.world} processes that would share them")
         b = settings.batch_size
         # Full batches only (the few images left over differ every epoch, as the order is
         # a fresh permutation); a data set smaller than one batch trains on one batch of all.
         self.steps_per_epoch = max(1, n // b)
-        self.epoch_images = min(n, self.steps_per_epoch * b)
+        self.epoch_images = min(n, self.steps_per_epoch * b) // self.world * self.world
         self.total_steps = self.steps_per_epoch * settings.epochs
+        self.report_every = max(1, min(50, self.steps_per_epoch // 20))
 
     # -- public API
 
@@ -384,6 +407,8 @@ class Trainer:
         train = _Feed(ds.train_x, ds.train_y, dev, on_device)
         test = _Feed(ds.test_x, ds.test_y, dev, on_device)
         optimizer = make_optimizer(model, s)
+        dist, world = self.dist, self.world
+        net = model if dist is None else dist.wrap(model, sync_bn=s.sync_bn)
         scaler = torch.amp.GradScaler(dev.type) if precision.use_scaler else None
         lrs = lr_schedule(s, self.total_steps)
         criterion = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
@@ -399,20 +424,28 @@ class Trainer:
             "params": sum(q.numel() for q in model.parameters()), "flops": int(summary.flops),
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
             "train_size": len(ds.train_y), "test_size": len(ds.test_y),
-            "classes": list(ds.classes), "data_on_device": on_device})
+            "classes": list(ds.classes), "data_on_device": on_device,
+            "processes": world, "batch_per_process": s.batch_size // world})
 
-        b, spe = s.batch_size, self.steps_per_epoch
+        b, spe = s.batch_size // world, self.steps_per_epoch     # b: this process's share
         interval = s.report_interval
+        halt = False        # under torchrun: the stop all processes agreed on at the last report
         groups = optimizer.param_groups
         step = 0
         model.train()
         for epoch in range(1, s.epochs + 1):
-            if self._stop.is_set():
+            if halt if dist else self._stop.is_set():
                 break
+            # Every process draws the same order and flips, then takes its shard of them.
             order = torch.randperm(len(ds.train_y), generator=perm_gen)[:self.epoch_images]
             if s.augment:
-                flips = (torch.rand(self.epoch_images, generator=aug_gen) < 0.5).to(dev)
-                shifts = torch.randint(-pad, pad + 1, (self.epoch_images, 2), generator=aug_gen).to(dev)
+                flips = torch.rand(self.epoch_images, generator=aug_gen) < 0.5
+                shifts = torch.randint(-pad, pad + 1, (self.epoch_images, 2), generator=aug_gen)
+                if dist:
+                    flips, shifts = dist.shard(flips), dist.shard(shifts)
+                flips, shifts = flips.to(dev), shifts.to(dev)
+            if dist:
+                order = dist.shard(order)
             correct = torch.zeros((), dtype=torch.long, device=dev)
             epoch_losses: list[float] = []
             pending: list[torch.Tensor] = []        # per-step losses not yet read back
@@ -420,7 +453,7 @@ class Trainer:
             images_report = 0
             epoch_steps = seen = 0
             for xb, yb in train.batches(order, b):
-                if self._stop.is_set():
+                if halt if dist else self._stop.is_set():
                     break
                 for g in groups:
                     g["lr"] = lrs[step]
@@ -431,7 +464,7 @@ class Trainer:
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast():
-                    out = model(x)
+                    out = net(x)
                     loss = criterion(out, yb)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
@@ -445,41 +478,49 @@ class Trainer:
                 correct += (out.detach().argmax(1) == yb).sum()
                 step += 1
                 epoch_steps += 1
-                seen += len(yb)
-                images_report += len(yb)
+                seen += len(yb) * world
+                images_report += len(yb) * world
                 last = epoch_steps == spe
                 now = time.perf_counter()
-                if last or now - t_report >= interval:
+                if dist is not None:
+                    if not (last or epoch_steps % self.report_every == 0):
+                        continue
+                    values, halt = self._reduce_report(pending)   # a collective: same step everywhere
+                elif last or now - t_report >= interval:
                     values = torch.stack(pending).float().tolist()   # the one read-back (a sync)
-                    now = time.perf_counter()
-                    p["steps"], p["images"] = step, p["images"] + images_report
-                    bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
-                    if bad is not None:
-                        p["train_time"] += now - t_epoch
-                        bad_step = step - len(values) + bad + 1
-                        p["train_loss"], p["test_acc"] = values[bad], None
-                        yield self._emit(self._end_event("diverged", (
-                            f"loss became {values[bad]} at step {bad_step} (epoch {epoch}); "
-                            f"try a lower learning rate than {s.lr:g}")))
-                        return
-                    epoch_losses.extend(values)
-                    p["train_loss"] = sum(values) / len(values)
-                    elapsed = now - p["t0"]
-                    yield self._emit({
-                        "type": "step", "step": step, "epoch": round(step / spe, 4),
-                        "loss": p["train_loss"], "lr": lrs[step - 1],
-                        "images_per_sec": images_report / max(now - t_report, 1e-9),
-                        "eta_s": round(elapsed / step * (self.total_steps - step), 2),
-                        "progress": round(step / self.total_steps, 6)})
-                    pending.clear()
-                    images_report = 0
-                    t_report = time.perf_counter()
+                else:
+                    continue
+                now = time.perf_counter()
+                p["steps"], p["images"] = step, p["images"] + images_report
+                bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+                if bad is not None:
+                    p["train_time"] += now - t_epoch
+                    bad_step = step - len(values) + bad + 1
+                    p["train_loss"], p["test_acc"] = values[bad], None
+                    yield self._emit(self._end_event("diverged", (
+                        f"loss became {values[bad]} at step {bad_step} (epoch {epoch}); "
+                        f"try a lower learning rate than {s.lr:g}")))
+                    return
+                epoch_losses.extend(values)
+                p["train_loss"] = sum(values) / len(values)
+                elapsed = now - p["t0"]
+                yield self._emit({
+                    "type": "step", "step": step, "epoch": round(step / spe, 4),
+                    "loss": p["train_loss"], "lr": lrs[step - 1],
+                    "images_per_sec": images_report / max(now - t_report, 1e-9),
+                    "eta_s": round(elapsed / step * (self.total_steps - step), 2),
+                    "progress": round(step / self.total_steps, 6)})
+                pending.clear()
+                images_report = 0
+                t_report = time.perf_counter()
             if pending:  # stopped mid-window: keep those losses in the record
                 values = torch.stack(pending).float().tolist()
                 epoch_losses.extend(values)
                 p["steps"], p["images"] = step, p["images"] + images_report
                 p["train_loss"] = sum(values) / len(values)
             synchronize(dev)
+            if dist:
+                dist.sum(correct)
             train_time = time.perf_counter() - t_epoch
             p["train_time"] += train_time
             if pending and not math.isfinite(p["train_loss"]):
@@ -510,25 +551,41 @@ class Trainer:
             "stopped", f"stopped after {step} of {self.total_steps} steps "
                        f"({step / spe:.2f} epochs)"))
 
+    def _reduce_report(self, losses: list[torch.Tensor]) -> tuple[list[float], bool]:
+        """Under torchrun: the per-step losses averaged over processes, and whether any
+        process was asked to stop — one all-reduce, the same answer everywhere."""
+        stop = torch.tensor([float(self._stop.is_set())], device=self.device)
+        packed = self.dist.sum(torch.cat([torch.stack(losses).float(), stop]))
+        values = (packed[:-1] / self.world).tolist()
+        return values, packed[-1].item() > 0
+
     def _evaluate(self, test: _Feed, autocast, channels_last: bool) -> tuple[float | None, float | None]:
-        """(mean loss, accuracy) on the test set: eval mode, no grad, batched on the device."""
+        """(mean loss, accuracy) on the test set: eval mode, no grad, batched on the device.
+        Under torchrun each process evaluates its shard with rank 0's BatchNorm statistics
+        (the network rank 0 saves) and the sums are reduced."""
         if test.size == 0:
             return None, None
-        model = self.model
+        model, dist = self.model, self.dist
         was_training = model.training
         model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        sums = torch.zeros(2, device=self.device)   # loss, correct (exact to 2**24 images)
+        order = None
+        if dist:
+            dist.broadcast_buffers(model)
+            order = dist.shard(torch.arange(test.size))
         try:
             with torch.no_grad():
-                for xb, yb in test.batches(None, 2 * self.settings.batch_size):
+                for xb, yb in test.batches(order, 2 * self.settings.batch_size):
                     x = self._normalize(xb)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     with autocast():
                         out = model(x)
-                    loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
-                    correct += (out.argmax(1) == yb).sum()
+                    sums[0] += F.cross_entropy(out.float(), yb, reduction="sum")
+                    sums[1] += (out.argmax(1) == yb).sum()
         finally:
             model.train(was_training)
-        return loss_sum.item() / test.size, correct.item() / test.size
+        if dist:
+            dist.sum(sums)
+        loss_sum, correct = sums.tolist()
+        return loss_sum / test.size, correct / test.size

@@ -1,0 +1,228 @@
+"""Distributed training under torchrun (issue 7): `torchrun -m lab train` with 2 gloo
+processes on the CPU, checked against one process with the same global batch; gradients,
+parameters, buffers and stops agree across processes; rank 0 alone prints and writes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lab import distributed
+from lab.datasets import load_dataset
+from lab.distributed import Distributed, DistributedError
+from lab.runs import list_runs, load_run
+from lab.trainer import Trainer, TrainingError, TrainSettings
+import dist_worker
+from conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_CNN = {"name": "Small CNN", "input": [3, 32, 32], "classes": 10, "layers": [
+    {"block": "conv", "params": {"out": 16}},
+    {"block": "maxpool"},
+    {"block": "conv", "params": {"out": 32}},
+    {"block": "maxpool"},
+    {"block": "conv", "params": {"out": 64}},
+    {"block": "global_avg_pool"},
+    {"block": "linear"}]}
+CPU = Distributed(rank=0, local_rank=0, world_size=2, device=torch.device("cpu"), backend="gloo")
+TIMING = ("elapsed_s", "images_per_sec", "eta_s")
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return env
+
+
+def _torchrun(*args: str, launcher: tuple[str, ...] = ("--nproc_per_node=2", "--standalone"),
+              cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", *launcher, *args],
+                          cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+
+
+def _worker(tmp_path: Path, mode: str) -> tuple[list[dict], list[list[dict]]]:
+    """Run tests/dist_worker.py in `mode` on 2 processes: (tensors, events) per rank."""
+    proc = _torchrun(str(ROOT / "tests" / "dist_worker.py"), str(tmp_path), mode)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    tensors = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+    events = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return tensors, events
+
+
+def _untimed(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k not in TIMING} for e in events]
+
+
+# -- the CLI under torchrun, against one process
+
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, one_thread):
+    spec = tmp_path / "small.json"
+    spec.write_text(json.dumps(SMALL_CNN))
+    out = tmp_path / "runs"
+    proc = _torchrun("-m", "lab", "train", "--spec", str(spec), "--dataset", "shapes",
+                     "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--json",
+                     "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    kinds = [e["type"] for e in events]
+    # Rank 0 alone prints: one start, one epoch, one end (rank 1's copies would double them).
+    assert kinds.count("start") == 1 and kinds.count("epoch") == 1 and kinds[-1] == "end"
+    start, end = events[0], events[-1]
+    assert start["processes"] == 2 and start["batch_per_process"] == 32
+    assert start["steps_per_epoch"] == 8000 // 64 and start["device"] == "cpu"
+    assert end["status"] == "completed"
+
+    # Rank 0 alone writes: one run, holding rank 0's network and the global numbers.
+    runs = list_runs(out)
+    assert runs == [Path(end["run_dir"])]
+    assert sorted(p.name for p in out.iterdir()) == [runs[0].name]
+    run = load_run(runs[0])
+    assert run.settings["batch_size"] == 64 and run.metrics[-1]["test_acc"] == end["test_acc"]
+
+    # The reported accuracy is over the whole test set (both shards, reduced): the saved
+    # network, evaluated here in one process, scores the same.
+    ds = load_dataset("shapes")
+    with torch.no_grad():
+        x = (ds.test_x.float() / 255 - torch.tensor(ds.mean).view(-1, 1, 1)) / torch.tensor(ds.std).view(-1, 1, 1)
+        predicted = torch.cat([run.model(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
+    assert (predicted == ds.test_y).sum().item() == round(end["test_acc"] * len(ds.test_y))
+
+    # One process, same global batch, same seed: the same accuracy band.
+    single = Trainer(SMALL_CNN, TrainSettings(epochs=1, batch_size=64, device="cpu"), ds)
+    alone = list(single.run())[-1]
+    assert alone["status"] == "completed"
+    assert alone["test_acc"] > 0.75 and end["test_acc"] > 0.75, (alone["test_acc"], end["test_acc"])
+    assert abs(alone["test_acc"] - end["test_acc"]) < 0.04, (alone["test_acc"], end["test_acc"])
+    assert abs(alone["train_loss"] - end["train_loss"]) < 0.15
+
+
+def test_two_nodes_meet_through_torchruns_rendezvous(tmp_path):
+    """Multi-node flags as in the README, with two 'nodes' on this machine: both join, the
+    global rank 0 alone saves, and each node prepares its own copy of the data."""
+    port = free_port()
+    out = tmp_path / "runs"
+    args = ["-m", "lab", "train", "--preset", "LeNet-5", "--dataset", "digits", "--epochs", "1",
+            "--batch-size", "32", "--train-size", "256", "--test-size", "64", "--device", "cpu",
+            "--out", str(out)]
+    nodes = [subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+         "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=convscope-test",
+         *args], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)]
+    results = [node.communicate(timeout=600) for node in nodes]
+    for node, (_, err) in zip(nodes, results):
+        assert node.returncode == 0, err[-4000:]
+    printed = [stdout for stdout, _ in results if "run saved to" in stdout]
+    assert len(printed) == 1 and "training on 2 processes (CPU)" in printed[0]
+    assert len(list_runs(out)) == 1
+
+
+# -- what every process ends with
+
+def test_gradients_agree_across_processes_and_equal_one_process_on_the_whole_batch(tmp_path, one_thread):
+    (r0, r1), (e0, e1) = _worker(tmp_path, "step")
+    assert e0[-1]["status"] == "completed" and e0[0]["total_steps"] == 1
+    grads = sorted(k for k in r0 if k.startswith("grad."))
+    assert len(grads) == len([k for k in r0 if k.startswith("param.")]) > 0
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k       # all-reduced: bit for bit the same
+    # Two half batches, gradients averaged by DDP == the whole batch in one process.
+    (tmp_path / "single").mkdir()
+    dist_worker.run(tmp_path / "single", "step")
+    alone = load_file(str(tmp_path / "single" / "rank0.safetensors"))
+    for k in grads:
+        assert torch.allclose(r0[k], alone[k], rtol=1e-4, atol=1e-6), k
+        assert r0[k].abs().sum() > 0, k
+    assert e0[-1]["train_loss"] == pytest.approx(json.loads(
+        (tmp_path / "single" / "rank0.json").read_text())[-1]["train_loss"], rel=1e-5)
+
+
+def test_an_epoch_with_augmentation_leaves_every_process_with_the_same_network(tmp_path, one_thread):
+    (r0, r1), (e0, e1) = _worker(tmp_path, "epoch")
+    assert e0[-1]["status"] == "completed"
+    for k in r0:                                   # parameters, gradients and BN statistics
+        assert torch.equal(r0[k], r1[k]), k
+    assert any(k.endswith("running_mean") for k in r0)
+    assert _untimed(e0) == _untimed(e1)            # every process saw the same numbers
+    epoch = next(e for e in e0 if e["type"] == "epoch")
+    assert 0 < epoch["train_acc"] <= 1 and epoch["test_acc"] is not None
+
+
+def test_a_stop_asked_of_one_process_stops_all_at_the_same_step(tmp_path, one_thread):
+    (r0, r1), (e0, e1) = _worker(tmp_path, "stop")
+    end0, end1 = e0[-1], e1[-1]
+    assert end0["status"] == end1["status"] == "stopped"
+    assert end0["epochs"] == end1["epochs"] < 1     # within the first of two epochs
+    assert end0["test_acc"] == end1["test_acc"] is not None
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+
+
+# -- refusals, each one clear line
+
+def _shapes():
+    return load_dataset("shapes", train_size=64, test_size=16)
+
+
+def test_a_global_batch_that_does_not_split_evenly_is_refused():
+    with pytest.raises(TrainingError, match="batch size 63 cannot be split evenly over 2 processes"):
+        Trainer(SMALL_CNN, TrainSettings(batch_size=63, device="cpu"), _shapes(), dist=CPU)
+
+
+def test_sync_bn_on_cpus_is_refused_with_the_reason():
+    with pytest.raises(TrainingError, match="--sync-bn needs GPUs"):
+        Trainer(SMALL_CNN, TrainSettings(sync_bn=True, device="cpu"), _shapes(), dist=CPU)
+
+
+def test_sync_bn_keeps_the_state_dict_and_the_eval_outputs():
+    from blocks import build
+    model = build(dict(SMALL_CNN)).eval()
+    x = torch.randn(4, 3, 32, 32)
+    before, keys = model(x), list(model.state_dict())
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert converted is model and list(model.state_dict()) == keys
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    assert torch.equal(model(x), before)
+
+
+def test_setup_is_a_no_op_for_one_process_and_explains_a_half_set_environment(monkeypatch):
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(k, raising=False)
+    assert distributed.setup("cpu") is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DistributedError, match="start distributed runs with torchrun"):
+        distributed.setup("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(DistributedError, match="WORLD_SIZE must be a whole number"):
+        distributed.setup("cpu")
+
+
+def test_devices_torchrun_cannot_use_are_refused(monkeypatch):
+    with pytest.raises(DistributedError, match="not on Apple MPS"):
+        distributed._device_for("mps", 0)
+    assert distributed._device_for("auto", 1).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DistributedError, match="no CUDA GPU"):
+            distributed._device_for("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(DistributedError, match="use --device cuda, not cuda:1"):
+        distributed._device_for("cuda:1", 0)
+    with pytest.raises(DistributedError, match="--nproc_per_node=2 or fewer"):
+        distributed._device_for("cuda", 3)
+    assert distributed._device_for("cuda", 1) == torch.device("cuda", 1)
+
+
+def test_the_cli_refuses_sync_bn_under_torchrun_on_cpus(tmp_path):
+    proc = _torchrun("-m", "lab", "train", "--preset", "LeNet-5", "--dataset", "digits",
+                     "--train-size", "64", "--test-size", "16", "--device", "cpu", "--sync-bn",
+                     "--out", str(tmp_path / "runs"))
+    assert proc.returncode != 0
+    assert "error: --sync-bn needs GPUs" in proc.stderr
+    assert not (tmp_path / "runs").exists()
