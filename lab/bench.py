@@ -234,3 +234,4 @@ def format_result(result: dict) -> str:
 
 
 import lab.bench_inspect  # noqa: E402,F401  (registers the inspection cases)
+import lab.bench_distributed  # noqa: E402,F401  (registers the torchrun case)

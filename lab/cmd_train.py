@@ -40,7 +40,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--train-size", type=int, metavar="N", help="use only N training images")
     p.add_argument("--test-size", type=int, metavar="N", help="use only N test images")
     p.add_argument("--epochs", type=int, default=d.epochs, metavar="N")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",
+                   help=f"global batch; under torchrun split evenly over the processes "
+                        f"(default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, metavar="X", help="(peak) learning rate")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
@@ -86,7 +88,9 @@ def _positive(name: str, value: int | None) -> None:
 
 @contextlib.contextmanager
 def _ctrl_c_stops(trainer: Trainer, say) -> Iterator[None]:
-    """First Ctrl-C asks the trainer to stop (the run is still saved); a second aborts."""
+    """First Ctrl-C (or SIGTERM) asks the trainer to stop — the run is still saved; a
+    second aborts. Under torchrun the workers run in their own session: torchrun passes on
+    the signal it got (Ctrl-C, or a job scheduler's SIGTERM) and kills them 30 s later."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -97,11 +101,12 @@ def _ctrl_c_stops(trainer: Trainer, say) -> Iterator[None]:
         trainer.stop()
         say("stopping after this batch (Ctrl-C again to abort)")
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _pct(v: float | None) -> str:

@@ -290,7 +290,10 @@ def _train(args: argparse.Namespace, device: torch.device, rank: int, world: int
     per_rank = len(y) // world
     if per_rank == 0:
         raise ValueError(f"{len(y)} training images cannot be shared by {world} processes")
-    batch = min(args.batch_size, per_rank)
+    if args.batch_size % world:
+        raise ValueError(f"--batch-size {args.batch_size} is the global batch and cannot be split "
+                         f"evenly over {world} processes; use a multiple of {world}")
+    batch = min(args.batch_size // world, per_rank)
     steps = per_rank // batch         # every process takes the same number of steps
     lrs = lr_schedule(args.schedule, args.lr, steps * args.epochs)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
@@ -351,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--synthetic", type=int, nargs="?", const=512, metavar="N",
                         help="N random learnable images (default 512): a smoke test")
     t.add_argument("--epochs", type=int, default=5, metavar="N")
-    t.add_argument("--batch-size", type=int, default=128, metavar="B", help="per process")
+    t.add_argument("--batch-size", type=int, default=128, metavar="B", help="global: split evenly over torchrun's processes")
     t.add_argument("--lr", type=float, default=2e-3, metavar="X", help="peak learning rate")
     t.add_argument("--optimizer", choices=("adam", "adamw", "sgd"), default="adam")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (Nesterov)")

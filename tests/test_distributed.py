@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,28 @@ def test_two_nodes_meet_through_torchruns_rendezvous(tmp_path):
     printed = [stdout for stdout, _ in results if "run saved to" in stdout]
     assert len(printed) == 1 and "training on 2 processes (CPU)" in printed[0]
     assert len(list_runs(out)) == 1
+
+
+def test_ctrl_c_to_torchrun_stops_every_process_and_rank_0_saves(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+         "-m", "lab", "train", "--preset", "LeNet-5", "--dataset", "digits", "--epochs", "10000",
+         "--device", "cpu", "--json", "--out", str(tmp_path)],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if json.loads(line)["type"] == "step":
+                proc.send_signal(signal.SIGINT)       # what a Ctrl-C in its terminal sends
+                break
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "stopping after this batch" in err
+    end = json.loads(rest.splitlines()[-1])
+    assert end["status"] == "stopped" and 0 < end["epochs"] < 10000 and end["test_acc"] is not None
+    assert list_runs(tmp_path) == [Path(end["run_dir"])]
+    assert load_run(end["run_dir"]).end["status"] == "stopped"
 
 
 # -- what every process ends with

@@ -436,7 +436,7 @@ def test_standalone_trains_under_torchrun_with_two_processes(tiny):
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
         [sys.executable, "-I", "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-         path.name, "train", "--synthetic", "64", "--epochs", "1", "--batch-size", "8",
+         path.name, "train", "--synthetic", "64", "--epochs", "1", "--batch-size", "16",
          "--out", "out/trained.safetensors"],
         cwd=path.parent, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
