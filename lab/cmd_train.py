@@ -193,7 +193,9 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         dist.close(wait=False)
         raise
-    dist.close()
+    # A failed run (out of memory) may have failed in this process alone: don't wait for
+    # processes that are still training; torchrun stops them when this one exits.
+    dist.close(wait=code == 0)
     return code
 
 
