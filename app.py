@@ -764,13 +764,24 @@ def export_file(s: Session, run_id: Any, fmt: str) -> Path:
     raise gr.Error(f"Unknown export format '{fmt}'.")
 
 
+# What to do with a file next: the hand-over to torchrun for the spec and the .py.
+NEXT_STEPS = {
+    "spec": "Train it beyond the app, on every GPU of a machine: "
+            "`torchrun --standalone --nproc_per_node=gpu -m lab train --spec {name} --dataset cifar10`.",
+    "py": "Torch alone runs it: `python {name} check`; train it on several GPUs without ConvScope: "
+          "`torchrun --standalone --nproc_per_node=gpu {name} train --data data.npz`.",
+}
+
+
 def _exporter(fmt: str) -> Callable:
     @user_errors
     def on_export(session_state: Any, run_id: Any, request: gr.Request = None):
         s = get_session(session_state, request)
         path = export_file(s, run_id, fmt)
-        return [s, str(path),
-                f"Wrote {FORMAT_LABELS[fmt]}: `{path.name}` ({path.stat().st_size / 1024:,.1f} KiB)."]
+        note = f"Wrote {FORMAT_LABELS[fmt]}: `{path.name}` ({path.stat().st_size / 1024:,.1f} KiB)."
+        if fmt in NEXT_STEPS:
+            note += " " + NEXT_STEPS[fmt].format(name=path.name)
+        return [s, str(path), note]
     on_export.__name__ = f"on_export_{fmt}"
     return on_export
 

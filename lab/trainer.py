@@ -13,8 +13,8 @@ between batches. The loop follows the habits of the fastest small-CNN trainers:
   and cudnn.benchmark.
 
 Global state: `torch.manual_seed(seed)` is called before the model is built (the
-initialisation is part of what a seed reproduces, and dropout draws from the same global
-generator). During `run()` cudnn.benchmark is switched on and, when torch would start
+initialisation is part of what a seed reproduces), and again with a derived seed when
+`run()` starts (dropout draws from that global generator). During `run()` cudnn.benchmark is switched on and, when torch would start
 more CPU threads than this process may use, the thread count is lowered; both are
 restored when the run ends, so code running after it sees the settings it had before.
 """
@@ -46,6 +46,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 MAX_DEVICE_BYTES = 1_500_000_000
 ONECYCLE_WARMUP = 0.25      # fraction of the steps spent warming up
 ONECYCLE_START = 1 / 25     # the warm-up starts at this fraction of lr (as torch's OneCycleLR)
+DROPOUT_SEED_OFFSET = 0x5EED  # the run's global seed is seed + this (+ rank): apart from init's
 
 
 class TrainingError(RuntimeError):
@@ -227,9 +228,11 @@ class _Feed:
                 yield self.x.index_select(0, idx), self.y.index_select(0, idx)
             return
         indices = range(self.size) if order is None else order.tolist()
+        # Its own generator: a DataLoader otherwise draws a seed from torch's global one,
+        # which would shift dropout's masks against the on-device path.
         loader = DataLoader(TensorDataset(self.x, self.y), batch_size=None,
                             sampler=BatchSampler(indices, batch_size, drop_last=False),
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda", generator=torch.Generator())
         for xb, yb in loader:
             yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
 
@@ -310,8 +313,6 @@ class Trainer:
         spec = prepare_spec(spec, dataset.input_shape, len(dataset.classes), settings.width)
         torch.manual_seed(settings.seed)    # the same initialisation in every process
         self.model: blocks.Network = blocks.build(spec, device=self.device)
-        if self.world > 1:                  # but not the same dropout masks
-            torch.manual_seed(settings.seed + dist.rank)
         self.spec = self.model.spec
         self.max_device_bytes = MAX_DEVICE_BYTES if max_device_bytes is None else max_device_bytes
         self.history: list[dict] = []
@@ -419,6 +420,9 @@ class Trainer:
         channels_last = precision.channels_last
         normalize = self._normalize = make_normalizer(ds, dev)
         summary = summarize(self.spec)
+        # Dropout draws from torch's global generator: seed it here, so the masks do not
+        # depend on what ran since the model was built, and differ between processes.
+        torch.manual_seed(s.seed + DROPOUT_SEED_OFFSET + (dist.rank if dist else 0))
         yield self._emit({
             "type": "start", "device": str(dev), "device_name": device_name(dev),
             "params": sum(q.numel() for q in model.parameters()), "flops": int(summary.flops),

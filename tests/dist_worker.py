@@ -2,7 +2,7 @@
 Trainer and writes what it ended with to OUT/rank<R>.safetensors (parameters, gradients,
 buffers) and OUT/rank<R>.json (its events), so the test can compare processes.
 
-    torchrun --nproc_per_node=2 tests/dist_worker.py OUT step|epoch|stop
+    torchrun --nproc_per_node=2 tests/dist_worker.py OUT step|epoch|epoch-streamed|stop
 """
 from __future__ import annotations
 
@@ -37,13 +37,15 @@ MODES = {
     "epoch": (WITH_BN, (512, 128), dict(epochs=1, batch_size=64, augment=True)),
     "stop": (WITH_BN, (2048, 64), dict(epochs=2, batch_size=32)),
 }
+MODES["epoch-streamed"] = MODES["epoch"]     # the same run, batches from host memory
 
 
 def run(out: Path, mode: str, dist=None) -> Trainer:
     """Train as `mode` says (in this process, or in this torchrun process when `dist`)."""
     spec, (n_train, n_test), extra = MODES[mode]
     ds = load_dataset("shapes", train_size=n_train, test_size=n_test)
-    trainer = Trainer(spec, TrainSettings(device="cpu", **extra), ds, dist=dist)
+    trainer = Trainer(spec, TrainSettings(device="cpu", **extra), ds, dist=dist,
+                      max_device_bytes=0 if mode.endswith("-streamed") else None)
     for event in trainer.run():
         # One process alone is asked to stop; the others must follow at the same step.
         if mode == "stop" and event["type"] == "step" and dist is not None and dist.rank == 1:

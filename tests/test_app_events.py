@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 import types
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -427,8 +428,12 @@ def test_exports(trained, fmt):
     assert path.endswith({"spec": ".json", "csv": ".csv", "safetensors": ".safetensors",
                           "py": ".py", "onnx": ".onnx"}[fmt])
     assert str(s.dir) in path
+    assert out[2].startswith(f"Wrote {app.FORMAT_LABELS[fmt]}")
+    # The spec and the .py say how to take the network to torchrun.
+    assert ("torchrun" in out[2]) == (fmt in ("spec", "py"))
     if fmt == "spec":
         assert json.loads(open(path).read()) == rec.spec
+        assert f"-m lab train --spec {Path(path).name}" in out[2]
 
 
 # ============================================================================ launch, ZeroGPU

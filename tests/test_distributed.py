@@ -177,6 +177,17 @@ def test_an_epoch_with_augmentation_leaves_every_process_with_the_same_network(t
     assert 0 < epoch["train_acc"] <= 1 and epoch["test_acc"] is not None
 
 
+def test_streamed_batches_shard_like_device_batches(tmp_path, one_thread):
+    """The DataLoader path (a data set too big for the device) deals the same shards."""
+    (tmp_path / "device").mkdir()
+    (tmp_path / "streamed").mkdir()
+    (d0, _), (de, _) = _worker(tmp_path / "device", "epoch")
+    (s0, s1), (se, _) = _worker(tmp_path / "streamed", "epoch-streamed")
+    assert de[0]["data_on_device"] and not se[0]["data_on_device"]
+    for k in d0:
+        assert torch.equal(d0[k], s0[k]) and torch.equal(s0[k], s1[k]), k
+
+
 def test_a_stop_asked_of_one_process_stops_all_at_the_same_step(tmp_path, one_thread):
     (r0, r1), (e0, e1) = _worker(tmp_path, "stop")
     end0, end1 = e0[-1], e1[-1]

@@ -299,13 +299,18 @@ def test_same_seed_same_metrics_other_seed_other_metrics(digits):
 
 
 def test_dataloader_path_gives_the_same_training(digits):
-    on_device = Trainer(TINY, _settings(augment=True), digits)
-    streamed = Trainer(TINY, _settings(augment=True), digits, max_device_bytes=1000)
+    # With dropout: the DataLoader must not draw from the global generator dropout uses.
+    spec = {**TINY, "layers": TINY["layers"][:-1] + [{"block": "dropout", "params": {"p": 0.2}},
+                                                      TINY["layers"][-1]]}
+    on_device = Trainer(spec, _settings(augment=True), digits)
+    streamed = Trainer(spec, _settings(augment=True), digits, max_device_bytes=1000)
     assert on_device.data_on_device() and not streamed.data_on_device()
     a, b = list(on_device.run()), list(streamed.run())
     assert a[0]["data_on_device"] is True and b[0]["data_on_device"] is False
     assert b[-1]["status"] == "completed"
     assert _epoch_metrics(a) == _epoch_metrics(b)
+    for (k, p), q in zip(on_device.model.state_dict().items(), streamed.model.state_dict().values()):
+        assert torch.equal(p, q), k
 
 
 def test_a_set_smaller_than_a_batch_trains_on_one_batch():
