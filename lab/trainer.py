@@ -12,11 +12,15 @@ between batches. The loop follows the habits of the fastest small-CNN trainers:
 * on CUDA: autocast (bf16 where supported, else fp16 with a GradScaler), channels_last
   and cudnn.benchmark.
 
+Under torchrun (`dist`, see lab/distributed.py) the same loop runs in every process on
+its shard of each global batch, under DistributedDataParallel.
+
 Global state: `torch.manual_seed(seed)` is called before the model is built (the
 initialisation is part of what a seed reproduces), and again with a derived seed when
-`run()` starts (dropout draws from that global generator). During `run()` cudnn.benchmark is switched on and, when torch would start
-more CPU threads than this process may use, the thread count is lowered; both are
-restored when the run ends, so code running after it sees the settings it had before.
+`run()` starts (dropout draws from that global generator). During `run()`
+cudnn.benchmark is switched on and, when torch would start more CPU threads than this
+process may use, the thread count is lowered; both are restored when the run ends, so
+code running after it sees the settings it had before.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ SCHEDULES = ("onecycle", "cosine", "constant")
 MAX_DEVICE_BYTES = 1_500_000_000
 ONECYCLE_WARMUP = 0.25      # fraction of the steps spent warming up
 ONECYCLE_START = 1 / 25     # the warm-up starts at this fraction of lr (as torch's OneCycleLR)
-DROPOUT_SEED_OFFSET = 0x5EED  # the run's global seed is seed + this (+ rank): apart from init's
+DROPOUT_SEED_OFFSET = 0x5EED  # run() seeds the global generator with seed + this (+ rank)
 
 
 class TrainingError(RuntimeError):
