@@ -1,7 +1,7 @@
-"""Speed measured as ratios in one process (`python -m lab bench`).
+"""Speed measured as ratios (`python -m lab bench`).
 
 A case is a named function `fn(options) -> dict`; `register_case` adds one (the
-inspection timings plug in here). The training cases train one model on one batch
+inspection timings and the torchrun case, one process against N, plug in here). The training cases train one model on one batch
 stream twice — through `Trainer` with its reporting on, and through a bare PyTorch loop
 (zero_grad, forward, loss, backward, step over pre-made, pre-normalised batches already on
 the device) — in alternating rounds (A B, B A, A B …) so drift in a shared machine's speed

@@ -260,3 +260,15 @@ def test_the_cli_refuses_sync_bn_under_torchrun_on_cpus(tmp_path):
     assert proc.returncode != 0
     assert "error: --sync-bn needs GPUs" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_bench_case_runs_one_process_against_two(monkeypatch):
+    from lab import bench_distributed
+    from lab.bench import BenchOptions
+    monkeypatch.setattr(bench_distributed, "usable_cpus", lambda: 2)   # 1 thread per process
+    result = bench_distributed.distributed_case(BenchOptions(quick=True, device="cpu"))
+    assert result["device"] == "cpu" and result["processes"] == 2 and result["train_images"] == 1024
+    one, many = result["one_process_images_per_sec"], result["n_processes_images_per_sec"]
+    assert one > 0 and many > 0 and result["speedup"] == pytest.approx(many / one, abs=2e-3)
+    for key in ("one_process_test_acc", "n_processes_test_acc"):
+        assert 0 <= result[key] <= 1
