@@ -190,8 +190,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     try:
         code = _train(args, settings, spec, dist)
-    except BaseException:
+    except BaseException as e:
         dist.close(wait=False)
+        if distributed.lost_a_peer(e):
+            raise UsageError(f"process {dist.rank} stopped: another process of this job failed "
+                             f"(its message is above)") from None
         raise
     # A failed run (out of memory) may have failed in this process alone: don't wait for
     # processes that are still training; torchrun stops them when this one exits.

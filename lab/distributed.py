@@ -100,6 +100,18 @@ class Distributed:
                 dist.destroy_process_group()
 
 
+# What a collective raises when a process on its other side is gone (gloo says so in words;
+# NCCL and the store raise torch.distributed.DistError).
+PEER_GONE = ("closed by peer", "reset by peer", "Broken pipe", "Connection refused")
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective failing because another process of the job failed
+    (that process has said why; this one need not print a traceback too)."""
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and any(p in str(error) for p in PEER_GONE))
+
+
 def _device_for(device_arg: str, local_rank: int) -> torch.device:
     kind = device_arg.split(":", 1)[0]
     if kind == "auto":

@@ -146,6 +146,16 @@ def test_ctrl_c_to_torchrun_stops_every_process_and_rank_0_saves(tmp_path):
     assert load_run(end["run_dir"]).end["status"] == "stopped"
 
 
+def test_a_process_that_fails_says_why_once_and_the_others_do_not_add_tracebacks(tmp_path):
+    proc = _torchrun("-m", "lab", "train", "--preset", "LeNet-5", "--dataset", "mnist",
+                     "--no-download", "--data-root", str(tmp_path / "none"), "--device", "cpu")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and "mnist" in errors[0]           # rank 0 (which loads first) says why
+    assert all("mnist" in e or "another process of this job failed" in e for e in errors)
+    assert "[rank0]: Traceback" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr
+
+
 # -- what every process ends with
 
 def test_gradients_agree_across_processes_and_equal_one_process_on_the_whole_batch(tmp_path, one_thread):
