@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from lab.cli import UsageError
+from lab.cmd_summary import read_spec_file
 from lab.device import DEVICES, choose_device
 from lab.trainer import OPTIMIZERS, SCHEDULES, Trainer, TrainingError, TrainSettings
 
@@ -67,18 +68,6 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
                          schedule=args.schedule, label_smoothing=args.label_smoothing,
                          augment=args.augment, device=args.device, seed=args.seed,
                          width=args.width, sync_bn=args.sync_bn)
-
-
-def _read_spec_file(path: str) -> dict:
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"spec file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UsageError(f"spec file {path} is not valid JSON: {e}") from None
-    if not isinstance(spec, dict):
-        raise UsageError(f"spec file {path} must hold a JSON object")
-    return spec
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -180,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)                      # ValueError -> one line, exit 2
     _positive("--train-size", args.train_size)
     _positive("--test-size", args.test_size)
-    spec = _read_spec_file(args.spec) if args.spec else None
+    spec = read_spec_file(args.spec) if args.spec else None
     if distributed.world_size_from_env() == 1:
         choose_device(settings.device)
         return _train(args, settings, spec, None)

@@ -98,6 +98,11 @@ def test_a_bad_spec_file_names_the_problem(tmp_path, capsys):
     path.write_text("{oops")
     assert main(["train", "--spec", str(path), *SMALL]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+    # The same reader as `summary`: nesting that would blow Python's recursion is one line.
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["train", "--spec", str(path), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.endswith("spec is nested 100000 levels deep; the limit is 64\n") and err.count("\n") == 1
 
 
 def test_missing_offline_data_exits_2_naming_the_files(tmp_path):
