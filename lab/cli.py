@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = ("blocks", "presets", "summary", "train", "bench", "inspect", "export")
@@ -19,7 +20,9 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, status 2 (argparse's default prints usage too)
-        print(f"error: {message}", file=sys.stderr)
+        # Under torchrun every process parses the same arguments: rank 0 alone says what's wrong.
+        if os.environ.get("RANK", "0") in ("", "0"):
+            print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
 

@@ -88,7 +88,8 @@ def _ctrl_c_stops(trainer: Trainer, say) -> Iterator[None]:
         if trainer.stopping:
             raise KeyboardInterrupt
         trainer.stop()
-        say("stopping after this batch (Ctrl-C again to abort)")
+        say("stopping after this batch (Ctrl-C again to abort)" if trainer.dist is None else
+            "stopping: all processes stop together at the next report (Ctrl-C again to abort)")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -163,41 +164,62 @@ class _Silent:
         pass
 
 
+@contextlib.contextmanager
+def _said_once(rank: int) -> Iterator[None]:
+    """Under torchrun every process checks the same arguments and meets the same mistake:
+    rank 0 alone reports it, the others exit with the same status quietly."""
+    from blocks import SpecError
+    try:
+        yield
+    except (UsageError, SpecError, ValueError, TrainingError):
+        if rank != 0:
+            raise SystemExit(2) from None
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     from lab import distributed
+    from presets import get_preset
 
-    settings = _settings(args)                      # ValueError -> one line, exit 2
-    _positive("--train-size", args.train_size)
-    _positive("--test-size", args.test_size)
-    spec = read_spec_file(args.spec) if args.spec else None
+    rank = distributed.rank_from_env()
+    with _said_once(rank):
+        settings = _settings(args)                  # ValueError -> one line, exit 2
+        _positive("--train-size", args.train_size)
+        _positive("--test-size", args.test_size)
+        spec = read_spec_file(args.spec) if args.spec else None
+        if args.preset:
+            get_preset(args.preset)                 # unknown names fail before data loads
+        if distributed.world_size_from_env() == 1:
+            choose_device(settings.device)
     if distributed.world_size_from_env() == 1:
-        choose_device(settings.device)
-        return _train(args, settings, spec, None)
+        return _train(args, settings, spec, None)[0]
     try:
-        dist = distributed.setup(settings.device)
+        dist = distributed.setup(settings.device)   # may differ by process: each one says
     except distributed.DistributedError as e:
         raise UsageError(str(e)) from None
     try:
-        code = _train(args, settings, spec, dist)
+        code, together = _train(args, settings, spec, dist)
+        # After a run every process ended alike (completed, stopped, diverged), all wait for
+        # rank 0 to save. One that failed alone (out of memory) leaves at once: the others
+        # may be inside a collective it will never join; torchrun stops them.
+        dist.close(wait=together)
     except BaseException as e:
         dist.close(wait=False)
         if distributed.lost_a_peer(e):
             raise UsageError(f"process {dist.rank} stopped: another process of this job failed "
                              f"(its message is above)") from None
         raise
-    # A failed run (out of memory) may have failed in this process alone: don't wait for
-    # processes that are still training; torchrun stops them when this one exits.
-    dist.close(wait=code == 0)
     return code
 
 
-def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None, dist) -> int:
+def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
+           dist) -> tuple[int, bool]:
+    """Load the data, train, save (rank 0): (exit status, whether the run ended the same
+    way in every process)."""
     from lab.datasets import load_dataset
     from lab.runs import save_run
-    from presets import get_preset, load_preset
+    from presets import load_preset
 
-    if args.preset:
-        get_preset(args.preset)                     # unknown names fail before data loads
     main = dist is None or dist.is_main
 
     def load():
@@ -212,13 +234,14 @@ def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
         dist.barrier()
         if dist.local_rank != 0:
             ds = load()
-    if spec is None:
-        spec = load_preset(args.preset, input_shape=ds.input_shape, classes=len(ds.classes),
-                           width=args.width)
-    try:
-        trainer = Trainer(spec, settings, ds, dist=dist)
-    except TrainingError as e:
-        raise UsageError(str(e)) from None
+    with _said_once(0 if dist is None else dist.rank):
+        if spec is None:
+            spec = load_preset(args.preset, input_shape=ds.input_shape, classes=len(ds.classes),
+                               width=args.width)
+        try:
+            trainer = Trainer(spec, settings, ds, dist=dist)
+        except TrainingError as e:
+            raise UsageError(str(e)) from None
     display = _Display(args.json) if main else _Silent()
     end: dict = {}
     try:
@@ -230,9 +253,13 @@ def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
     finally:
         if display.bar is not None:
             display.bar.close()
+    status = end.get("status")
+    together = status != "failed"           # out of memory can happen in one process alone
     if not main:
-        return 1 if end.get("status") in ("diverged", "failed") else 0
-    run_dir = None if end.get("status") == "failed" else save_run(trainer, args.out)
+        if status == "failed":
+            print(f"error: process {dist.rank}: {end['message']}", file=sys.stderr)
+        return (1 if status in ("diverged", "failed") else 0), together
+    run_dir = None if status == "failed" else save_run(trainer, args.out)
     if args.json:
         print(json.dumps({**end, "run_dir": None if run_dir is None else str(run_dir)}), flush=True)
     else:
@@ -240,7 +267,7 @@ def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
         print(f"{end['status']}: test accuracy {_pct(end['test_acc'])} (best "
               f"{_pct(end['best_test_acc'])}), {end['epochs']:g} epoch(s), "
               f"{_num(end['images_per_sec'], ',.0f')} img/s{where}", flush=True)
-    if end.get("status") in ("diverged", "failed"):
+    if status in ("diverged", "failed"):
         print(f"error: {end['message']}", file=sys.stderr)
-        return 1
-    return 0
+        return 1, together
+    return 0, together

@@ -44,6 +44,14 @@ def world_size_from_env() -> int:
                                f"{os.environ['WORLD_SIZE']!r}") from None
 
 
+def rank_from_env() -> int:
+    """RANK as torchrun set it (0 when not started by torchrun, or unreadable)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 @dataclass(frozen=True)
 class Distributed:
     """This process's place in a torchrun job (only made when WORLD_SIZE > 1)."""

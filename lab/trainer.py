@@ -291,9 +291,9 @@ class Trainer:
     `dist`: this process's place in a torchrun job (lab/distributed.py), or None. Then the
     network trains under DistributedDataParallel on `dist.device`, each process takes
     batch_size / world_size images of every global batch, and every reported number is
-    summed over processes (so all of them see the same events); reports come every
-    `report_every` steps instead of every `report_interval` seconds, because all processes
-    must reach each read-back (a collective) at the same step.
+    summed over processes (so all of them see the same events). A report is a collective
+    that every process must reach at the same step, so its spacing is counted in steps: each
+    report sets the next from the mean step time, about `report_interval` seconds ahead.
     """
 
     def __init__(self, spec: dict, settings: TrainSettings, dataset: "Dataset | None" = None,
@@ -334,7 +334,6 @@ class Trainer:
         self.steps_per_epoch = max(1, n // b)
         self.epoch_images = min(n, self.steps_per_epoch * b) // self.world * self.world
         self.total_steps = self.steps_per_epoch * settings.epochs
-        self.report_every = max(1, min(50, self.steps_per_epoch // 20))
 
     # -- public API
 
@@ -438,6 +437,7 @@ class Trainer:
         b, spe = s.batch_size // world, self.steps_per_epoch     # b: this process's share
         interval = s.report_interval
         halt = False        # under torchrun: the stop all processes agreed on at the last report
+        report_in = 1       # under torchrun: steps to the next report (first after one step)
         groups = optimizer.param_groups
         step = 0
         model.train()
@@ -491,9 +491,13 @@ class Trainer:
                 last = epoch_steps == spe
                 now = time.perf_counter()
                 if dist is not None:
-                    if not (last or epoch_steps % self.report_every == 0):
+                    report_in -= 1
+                    if not (last or report_in <= 0):
                         continue
-                    values, halt = self._reduce_report(pending)   # a collective: same step everywhere
+                    # A collective: every process gets here at the same step, and gets the
+                    # same losses, stop decision and mean step time back.
+                    values, halt, step_time = self._reduce_report(pending, now - t_report)
+                    report_in = max(1, min(10_000, int(interval / max(step_time, 1e-9))))
                 elif last or now - t_report >= interval:
                     values = torch.stack(pending).float().tolist()   # the one read-back (a sync)
                 else:
@@ -559,13 +563,14 @@ class Trainer:
             "stopped", f"stopped after {step} of {self.total_steps} steps "
                        f"({step / spe:.2f} epochs)"))
 
-    def _reduce_report(self, losses: list[torch.Tensor]) -> tuple[list[float], bool]:
-        """Under torchrun: the per-step losses averaged over processes, and whether any
-        process was asked to stop — one all-reduce, the same answer everywhere."""
-        stop = torch.tensor([float(self._stop.is_set())], device=self.device)
-        packed = self.dist.sum(torch.cat([torch.stack(losses).float(), stop]))
-        values = (packed[:-1] / self.world).tolist()
-        return values, packed[-1].item() > 0
+    def _reduce_report(self, losses: list[torch.Tensor], seconds: float) -> tuple[list[float], bool, float]:
+        """Under torchrun: the per-step losses averaged over processes, whether any process
+        was asked to stop, and the mean seconds per step since the last report (`seconds`
+        over len(losses) steps here) — one all-reduce, the same answer everywhere."""
+        extra = torch.tensor([float(self._stop.is_set()), seconds / len(losses)], device=self.device)
+        packed = self.dist.sum(torch.cat([torch.stack(losses).float(), extra]))
+        *values, stops, step_time = packed.tolist()
+        return [v / self.world for v in values], stops > 0, step_time / self.world
 
     def _evaluate(self, test: _Feed, autocast, channels_last: bool) -> tuple[float | None, float | None]:
         """(mean loss, accuracy) on the test set: eval mode, no grad, batched on the device.

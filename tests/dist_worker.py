@@ -2,7 +2,7 @@
 Trainer and writes what it ended with to OUT/rank<R>.safetensors (parameters, gradients,
 buffers) and OUT/rank<R>.json (its events), so the test can compare processes.
 
-    torchrun --nproc_per_node=2 tests/dist_worker.py OUT step|epoch|epoch-streamed|stop
+    torchrun --nproc_per_node=2 tests/dist_worker.py OUT step|epoch|epoch-streamed|every-step|stop
 """
 from __future__ import annotations
 
@@ -38,6 +38,8 @@ MODES = {
     "stop": (WITH_BN, (2048, 64), dict(epochs=2, batch_size=32)),
 }
 MODES["epoch-streamed"] = MODES["epoch"]     # the same run, batches from host memory
+# Reports every step: the spacing rule (steps ≈ report_interval / mean step time) at its limit.
+MODES["every-step"] = (WITH_BN, (256, 32), dict(epochs=2, batch_size=32, report_interval=0.0))
 
 
 def run(out: Path, mode: str, dist=None) -> Trainer:

@@ -139,7 +139,7 @@ def test_ctrl_c_to_torchrun_stops_every_process_and_rank_0_saves(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert "stopping after this batch" in err
+    assert err.count("stopping: all processes stop together at the next report") == 1   # rank 0's
     end = json.loads(rest.splitlines()[-1])
     assert end["status"] == "stopped" and 0 < end["epochs"] < 10000 and end["test_acc"] is not None
     assert list_runs(tmp_path) == [Path(end["run_dir"])]
@@ -206,6 +206,84 @@ def test_a_stop_asked_of_one_process_stops_all_at_the_same_step(tmp_path, one_th
     assert end0["test_acc"] == end1["test_acc"] is not None
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
+
+
+def test_reports_are_spaced_by_time_yet_reached_by_all_at_the_same_steps(tmp_path, one_thread):
+    _, (e0, e1) = _worker(tmp_path, "every-step")
+    steps = [e["step"] for e in e0 if e["type"] == "step"]
+    assert steps == list(range(1, 17))                 # interval 0: a report after every step
+    assert [e["step"] for e in e1 if e["type"] == "step"] == steps
+    assert _untimed(e0) == _untimed(e1)
+
+
+# -- when something goes wrong: one message, from the process that knows
+
+def test_errors_every_process_meets_are_said_once(tmp_path):
+    proc = _torchrun("-m", "lab", "train", "--preset", "LeNet-5", "--dataset", "digits",
+                     "--train-size", "64", "--test-size", "8", "--batch-size", "64",
+                     "--device", "cpu", "--out", str(tmp_path / "runs"),
+                     launcher=("--nproc_per_node=3", "--standalone"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0
+    assert errors == ["error: batch size 64 cannot be split evenly over 3 processes; "
+                      "use a multiple of 3"]
+    proc = _torchrun("-m", "lab", "train", "--preset", "LeNet-5", "--epochs", "two")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: argument --epochs: invalid int value: 'two'"]
+
+
+def test_a_diverged_run_ends_together_and_rank_0_saves_it(tmp_path):
+    proc = _torchrun("-m", "lab", "train", "--preset", "LeNet-5", "--dataset", "digits",
+                     "--train-size", "256", "--test-size", "64", "--batch-size", "32",
+                     "--lr", "1e6", "--optimizer", "sgd", "--device", "cpu", "--out", str(tmp_path))
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: loss became"), errors
+    assert "diverged: test accuracy" in proc.stdout
+    [run] = list_runs(tmp_path)
+    assert load_run(run).end["status"] == "diverged"
+
+
+def test_out_of_memory_in_one_process_is_said_by_that_process(tmp_path):
+    """A GPU can run out of memory in one process alone; here rank 1's third report raises
+    the error CUDA would (injected through sitecustomize: a CPU cannot be made to)."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import lab.trainer as t\n"
+        "    real, calls = t.Trainer._reduce_report, []\n"
+        "    def failing(self, *args):\n"
+        "        calls.append(1)\n"
+        "        if len(calls) == 3:\n"
+        "            raise RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB')\n"
+        "        return real(self, *args)\n"
+        "    t.Trainer._reduce_report = failing\n")
+    env = _env()
+    env["PYTHONPATH"] = f"{inject}{os.pathsep}{ROOT}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+         "-m", "lab", "train", "--preset", "LeNet-5", "--dataset", "digits", "--epochs", "2",
+         "--device", "cpu", "--out", str(tmp_path / "runs")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "error: process 1: ran out of memory at batch size 64" in proc.stderr
+    assert "[rank0]: Traceback" not in proc.stderr and "[rank1]: Traceback" not in proc.stderr
+    assert list_runs(tmp_path / "runs") == []
+
+
+def test_a_save_that_fails_in_rank_0_leaves_the_others_quiet(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = _torchrun("-m", "lab", "train", "--preset", "LeNet-5", "--dataset", "digits",
+                     "--train-size", "128", "--test-size", "16", "--epochs", "1",
+                     "--device", "cpu", "--out", str(blocker / "runs"))
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors and "Not a directory" in errors[0]
+    assert all("Not a directory" in e or "another process of this job failed" in e for e in errors)
+    assert "[rank1]: Traceback" not in proc.stderr
 
 
 # -- refusals, each one clear line
