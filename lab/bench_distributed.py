@@ -5,12 +5,14 @@ one process and as `torchrun --nproc_per_node=N -m lab train`, each in fresh pro
 N is the number of GPUs when the device is CUDA and there are at least two, else 2 gloo
 processes on the CPU. On the CPU the cores are shared out: one process gets them all, each
 of N processes gets cores / N threads, so the figure compares ways of using one machine.
-Throughput is the run's own "images_per_sec" (training steps only, all processes' images).
+Throughput is the run's own "images_per_sec" (training steps only, all processes' images),
+the median over 3 alternating rounds (1 with --quick).
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,15 +49,22 @@ def distributed_case(options: BenchOptions) -> dict:
     device, n = ("cuda", gpus) if gpus >= 2 else ("cpu", 2)
     cores = usable_cpus()
     train_size = 1024 if options.quick else 4096
+    rounds = 1 if options.quick else 3
+    ones, manys = [], []
     with tempfile.TemporaryDirectory(prefix="convscope-bench-") as tmp:
-        one = _train(1, device, cores, train_size, Path(tmp))
-        many = _train(n, device, max(1, cores // n), train_size, Path(tmp))
+        for r in range(rounds):       # alternating order: drift in a shared machine falls on both
+            for processes in ((1, n) if r % 2 == 0 else (n, 1)):
+                end = _train(processes, device, max(1, cores // processes), train_size, Path(tmp))
+                (ones if processes == 1 else manys).append(end)
+    one = statistics.median(e["images_per_sec"] for e in ones)
+    many = statistics.median(e["images_per_sec"] for e in manys)
     return {"model": PRESET, "width": WIDTH, "dataset": DATASET, "train_images": train_size,
             "global_batch": BATCH, "device": device, "processes": n, "cores": cores,
-            "one_process_images_per_sec": round(one["images_per_sec"], 1),
-            "n_processes_images_per_sec": round(many["images_per_sec"], 1),
-            "speedup": round(many["images_per_sec"] / one["images_per_sec"], 3),
-            "one_process_test_acc": one["test_acc"], "n_processes_test_acc": many["test_acc"]}
+            "rounds": rounds, "one_process_images_per_sec": round(one, 1),
+            "n_processes_images_per_sec": round(many, 1), "speedup": round(many / one, 3),
+            "round_speedups": [round(b["images_per_sec"] / a["images_per_sec"], 3)
+                               for a, b in zip(ones, manys)],
+            "one_process_test_acc": ones[0]["test_acc"], "n_processes_test_acc": manys[0]["test_acc"]}
 
 
 register_case("train on N processes (torchrun) vs one", distributed_case)
