@@ -181,17 +181,20 @@ def run(args: argparse.Namespace) -> int:
     from lab import distributed
     from presets import get_preset
 
-    rank = distributed.rank_from_env()
-    with _said_once(rank):
+    try:
+        world = distributed.world_size_from_env()
+    except distributed.DistributedError as e:
+        raise UsageError(str(e)) from None
+    with _said_once(distributed.rank_from_env()):
         settings = _settings(args)                  # ValueError -> one line, exit 2
         _positive("--train-size", args.train_size)
         _positive("--test-size", args.test_size)
         spec = read_spec_file(args.spec) if args.spec else None
         if args.preset:
             get_preset(args.preset)                 # unknown names fail before data loads
-        if distributed.world_size_from_env() == 1:
+        if world == 1:
             choose_device(settings.device)
-    if distributed.world_size_from_env() == 1:
+    if world == 1:
         return _train(args, settings, spec, None)[0]
     try:
         dist = distributed.setup(settings.device)   # may differ by process: each one says
