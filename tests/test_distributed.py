@@ -325,6 +325,13 @@ def test_setup_is_a_no_op_for_one_process_and_explains_a_half_set_environment(mo
         distributed.setup("cpu")
 
 
+def test_the_cli_explains_a_broken_torchrun_environment_in_one_line(monkeypatch, capsys):
+    from lab.cli import main
+    monkeypatch.setenv("WORLD_SIZE", "x")
+    assert main(["train", "--preset", "LeNet-5", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == "error: WORLD_SIZE must be a whole number, got 'x'\n"
+
+
 def test_devices_torchrun_cannot_use_are_refused(monkeypatch):
     with pytest.raises(DistributedError, match="not on Apple MPS"):
         distributed._device_for("mps", 0)
