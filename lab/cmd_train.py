@@ -15,7 +15,6 @@ import json
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Iterator
 
 from lab.cli import UsageError
