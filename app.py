@@ -7,7 +7,7 @@ without a browser) that delegate to blocks/, presets/, lab/ and visual/. Nothing
 at import: the UI is built in `build_ui()` and served by `main()`.
 
 State is per browser session: a `gr.State` holds the spec being edited and another one the
-`lab.session.Session` (finished runs, data sets, the session's temporary folder).
+`lab.serve.session.Session` (finished runs, data sets, the session's temporary folder).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from lab import zerogpu  # first: `spaces` must be imported before CUDA is touched
+from lab.serve import zerogpu  # first: `spaces` must be imported before CUDA is touched
 
 import gradio as gr
 
@@ -31,11 +31,11 @@ import visual
 from blocks import SpecError, edit
 from blocks.registry import get_block
 from blocks.summary import human
-from lab import session as sess
+from lab.serve import session as sess
 from lab.datasets import DATASETS, DatasetError, dataset_help
-from lab.device import available_devices, device_name
-from lab.limits import LimitError, Limits
-from lab.session import Session, SessionError
+from lab.train.device import available_devices, device_name
+from lab.serve.limits import LimitError, Limits
+from lab.serve.session import Session, SessionError
 from presets import DEFAULT_CLASSES, DEFAULT_INPUT, DEFAULT_PRESET, DEFAULT_WIDTH, list_presets, load_preset
 
 log = logging.getLogger("convscope.app")
@@ -322,7 +322,7 @@ def on_upload_spec(file: Any, spec_state: Any, session_state: Any = None,
     if path.suffix.lower() != ".json":
         raise gr.Error(f"{path.name} is not a .json spec file.")
     s = get_session(session_state, request)
-    from lab.limits import check_upload
+    from lab.serve.limits import check_upload
     check_upload(str(path), s.limits)
     if path.stat().st_size > edit.MAX_SPEC_BYTES:
         raise gr.Error(f"{path.name} is larger than {edit.MAX_SPEC_BYTES // 1024} KiB; "
@@ -336,7 +336,7 @@ def on_upload_spec(file: Any, spec_state: Any, session_state: Any = None,
 @user_errors
 def on_save_spec(spec_state: Any, session_state: Any = None, request: gr.Request = None):
     """Write the spec to a .json file in the session folder for download."""
-    from lab.export import default_name, export_spec
+    from lab.export.formats import default_name, export_spec
     s = get_session(session_state, request)
     spec = _spec(spec_state)
     path = export_spec(spec, s.dir / "downloads" / default_name(spec.get("name", "network"), "spec"))
@@ -362,7 +362,7 @@ def dataset_meta(dataset: str, upload: Any = None, session: Session | None = Non
 
 
 def _upload_path(upload: Any, session: Session) -> str:
-    from lab.limits import check_upload
+    from lab.serve.limits import check_upload
     path = upload if isinstance(upload, str) else getattr(upload, "name", None)
     if not path:
         raise gr.Error("Upload a .zip of an image folder (one sub-folder per class) first.")
@@ -456,7 +456,7 @@ def _run_updates(s: Session, select: str | None = None) -> list:
 
 def _settings(dataset: str, upload: Any, s: Session, epochs: Any, batch: Any, optimizer: str,
               lr: Any, schedule: str, seed: Any, augment: bool, device: str):
-    from lab.trainer import TrainSettings
+    from lab.train.trainer import TrainSettings
     name = _upload_path(upload, s) if dataset == UPLOAD else dataset
     return TrainSettings(dataset=name, data_root=os.environ.get("CONVSCOPE_DATA_ROOT", "data"),
                          epochs=_int(epochs, "epochs"), batch_size=_int(batch, "batch size"),
@@ -745,7 +745,7 @@ FORMAT_LABELS = {"spec": "spec (.json)", "py": "PyTorch (.py)", "safetensors": "
 
 def export_file(s: Session, run_id: Any, fmt: str) -> Path:
     """Write one export of a run into the session's downloads folder."""
-    from lab import export
+    from lab.export import formats as export
     rec = s.run(run_id or None)
     name = export.default_name(rec.spec.get("name", "network"), fmt)
     target = s.dir / "downloads" / rec.id / name
@@ -797,7 +797,7 @@ def on_load(request: gr.Request = None):
 
 def build_ui(limits: Limits | None = None) -> gr.Blocks:
     """The whole app as a gr.Blocks (not launched)."""
-    from lab.trainer import TrainSettings
+    from lab.train.trainer import TrainSettings
     limits = limits or Limits.from_env()
     presets = [EMPTY] + list_presets()
     env_train_size = sess.default_train_size("shapes") or 0

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from lab import distributed
+from lab.train import distributed
 from lab.datasets import load_dataset
-from lab.trainer import Trainer, TrainSettings
+from lab.train.trainer import Trainer, TrainSettings
 
 # No BatchNorm: one step on two half batches must equal one step on the whole batch.
 NO_BN = {"name": "No-BN CNN", "input": [3, 32, 32], "classes": 10, "layers": [

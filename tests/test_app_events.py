@@ -16,10 +16,10 @@ import pytest
 
 import app
 from blocks import SpecError, edit, list_blocks, normalize_spec
-from lab import limits as lim
-from lab import session as sess
-from lab import zerogpu
-from lab.session import Session, SessionError
+from lab.serve import limits as lim
+from lab.serve import session as sess
+from lab.serve import zerogpu
+from lab.serve.session import Session, SessionError
 from presets import load_preset
 
 TINY = {"name": "tiny", "input": [3, 32, 32], "classes": 10, "width": 1.0, "layers": [
@@ -33,7 +33,7 @@ TINY = {"name": "tiny", "input": [3, 32, 32], "classes": 10, "width": 1.0, "laye
 
 
 def settings(**kw):
-    from lab.trainer import TrainSettings
+    from lab.train.trainer import TrainSettings
     base = dict(dataset="shapes", epochs=1, batch_size=64, lr=3e-3, device="cpu", seed=0)
     base.update(kw)
     return TrainSettings(**base)

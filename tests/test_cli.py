@@ -91,14 +91,14 @@ def test_blocks_json(capsys):
 
 @pytest.fixture(scope="module")
 def preset_rows():
-    from lab.cmd_presets import preset_rows
+    from lab.cli.cmd_presets import preset_rows
     return preset_rows()
 
 
 def test_presets_json_at_each_default_input(capsys, monkeypatch, preset_rows):
-    import lab.cmd_presets
+    import lab.cli.cmd_presets
     calls = []
-    monkeypatch.setattr(lab.cmd_presets, "preset_rows",
+    monkeypatch.setattr(lab.cli.cmd_presets, "preset_rows",
                         lambda *a: calls.append(a) or preset_rows)  # summarised once, in the fixture
     code, out, _ = call(capsys, "presets", "--json")
     assert code == 0 and calls == [(None, None, None, [])]

@@ -14,7 +14,7 @@ from PIL import Image
 
 import blocks
 from lab.cli import main
-from lab.cmd_inspect import read_image
+from lab.cli.cmd_inspect import read_image
 from lab.datasets import load_dataset
 from lab.runs import RunParts, save_run
 from visual import feature_grid

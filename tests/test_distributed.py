@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lab import distributed
+from lab.train import distributed
 from lab.datasets import load_dataset
-from lab.distributed import Distributed, DistributedError
+from lab.train.distributed import Distributed, DistributedError
 from lab.runs import list_runs, load_run
-from lab.trainer import Trainer, TrainingError, TrainSettings
+from lab.train.trainer import Trainer, TrainingError, TrainSettings
 import dist_worker
 from conftest import free_port
 
@@ -252,7 +252,7 @@ def test_out_of_memory_in_one_process_is_said_by_that_process(tmp_path):
     (inject / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1':\n"
-        "    import lab.trainer as t\n"
+        "    import lab.train.trainer as t\n"
         "    real, calls = t.Trainer._reduce_report, []\n"
         "    def failing(self, *args):\n"
         "        calls.append(1)\n"
@@ -356,7 +356,7 @@ def test_the_cli_refuses_sync_bn_under_torchrun_on_cpus(tmp_path):
 
 
 def test_the_bench_case_runs_one_process_against_two(monkeypatch):
-    from lab import bench_distributed
+    from lab.bench import distributed as bench_distributed
     from lab.bench import BenchOptions
     monkeypatch.setattr(bench_distributed, "usable_cpus", lambda: 2)   # 1 thread per process
     result = bench_distributed.distributed_case(BenchOptions(quick=True, device="cpu"))

@@ -20,10 +20,10 @@ import torch.nn as nn
 from safetensors.torch import load_file, safe_open, save_file
 
 import blocks
-from lab import codegen
+from lab.export import codegen
 from lab.cli import main as cli_main
-from lab.codegen import ExportError
-from lab.export import (EPOCH_COLUMNS, STEP_COLUMNS, export_metrics_csv, export_onnx, export_py,
+from lab.export.codegen import ExportError
+from lab.export.formats import (EPOCH_COLUMNS, STEP_COLUMNS, export_metrics_csv, export_onnx, export_py,
                         export_run, export_safetensors, export_spec)
 from lab.runs import RunParts, save_run
 

@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from blocks import edit
-from lab import session as sess
-from lab.limits import Limits
+from lab.serve import session as sess
+from lab.serve.limits import Limits
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lab.datasets import load_dataset
-from lab.trainer import Trainer, TrainSettings
+from lab.train.trainer import Trainer, TrainSettings
 from visual import area_share, attention_quality, energy_in_mask, pointing_game
 from visual.quality import quality_maps
 

@@ -29,9 +29,9 @@ import app
 from blocks import edit
 from blocks.builder import Network
 from blocks.summary import human, summarize
-from lab import limits as lim
+from lab.serve import limits as lim
 from lab import runs
-from lab import session as sess
+from lab.serve import session as sess
 from lab.datasets import DatasetError, clear_cache, load_dataset
 from presets import load_preset
 
@@ -112,9 +112,9 @@ def test_the_app_refuses_before_building_or_training(env, words, app_env, monkey
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     built = []
-    import lab.trainer
-    real_init = lab.trainer.Trainer.__init__
-    monkeypatch.setattr(lab.trainer.Trainer, "__init__",
+    import lab.train.trainer
+    real_init = lab.train.trainer.Trainer.__init__
+    monkeypatch.setattr(lab.train.trainer.Trainer, "__init__",
                         lambda self, *a, **k: built.append(1) or real_init(self, *a, **k))
     before = len(train_threads())
     gen = app.on_train(None, TINY, "shapes", None, 256, 1, 64, "adam", 3e-3, "onecycle", 0,
@@ -177,8 +177,8 @@ def test_disk_full_while_saving_a_run(app_env, monkeypatch):
     # the run is usable, and the app keeps serving
     out = app.on_inspect(s, "run-1", "gradcam", {"source": "test", "index": 0}, "")
     assert len(out[2]) == 5
-    import lab.export
-    monkeypatch.setattr(lab.export, "export_spec", lambda *a, **k: (_ for _ in ()).throw(
+    import lab.export.formats
+    monkeypatch.setattr(lab.export.formats, "export_spec", lambda *a, **k: (_ for _ in ()).throw(
         OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(gr.Error) as e:
         app._exporter("spec")(s, "run-1")

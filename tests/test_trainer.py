@@ -11,7 +11,7 @@ import torch
 
 from lab.datasets import load_dataset
 from lab.runs import load_run, save_run
-from lab.trainer import (TrainSettings, Trainer, TrainingError, augment_batch, lr_schedule,
+from lab.train.trainer import (TrainSettings, Trainer, TrainingError, augment_batch, lr_schedule,
                          make_normalizer, prepare_spec)
 from presets import load_preset
 
@@ -277,7 +277,7 @@ def test_global_torch_state_is_restored(digits):
 
 def test_the_mixed_precision_path_trains(digits, monkeypatch):
     """The CUDA recipe (autocast, GradScaler, channels_last), exercised with CPU bf16."""
-    from lab import trainer as trainer_module
+    from lab.train import trainer as trainer_module
     monkeypatch.setattr(trainer_module.Precision, "for_device",
                         classmethod(lambda cls, device: cls(torch.bfloat16, True, True)))
     trainer = Trainer(TINY, _settings(epochs=2, augment=True), digits)

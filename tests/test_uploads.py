@@ -28,9 +28,9 @@ import pytest
 from PIL import Image
 
 import app
-from lab import session as sess
+from lab.serve import session as sess
 from lab.cli import main as lab_main
-from lab.session import Session
+from lab.serve.session import Session
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ROOT = Path(__file__).resolve().parents[1]

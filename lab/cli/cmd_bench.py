@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lab.device import DEVICES
+from lab.train.device import DEVICES
 
 
 def add_parser(subparsers) -> None:
@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from lab.bench import BenchOptions, case_names, format_result, run_cases
     from lab.cli import UsageError
-    from lab.device import choose_device
+    from lab.train.device import choose_device
 
     if args.list:
         print("\n".join(case_names()))

@@ -5,7 +5,7 @@ to stdout, the last being the "end" event plus `run_dir`. Ctrl-C stops after the
 current batch and still saves the run (a second Ctrl-C aborts).
 
 Under `torchrun --nproc_per_node=N -m lab train …` every process trains its shard under
-DistributedDataParallel (lab/distributed.py); rank 0 alone prints and saves the run.
+DistributedDataParallel (lab/train/distributed.py); rank 0 alone prints and saves the run.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import threading
 from typing import Iterator
 
 from lab.cli import UsageError
-from lab.cmd_summary import read_spec_file
-from lab.device import DEVICES, choose_device
-from lab.trainer import OPTIMIZERS, SCHEDULES, Trainer, TrainingError, TrainSettings
+from lab.cli.cmd_summary import read_spec_file
+from lab.train.device import DEVICES, choose_device
+from lab.train.trainer import OPTIMIZERS, SCHEDULES, Trainer, TrainingError, TrainSettings
 
 DATASET_HELP = "shapes, digits, mnist, fashion-mnist, cifar10, or a path"
 
@@ -177,7 +177,7 @@ def _said_once(rank: int) -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lab import distributed
+    from lab.train import distributed
     from presets import get_preset
 
     try:

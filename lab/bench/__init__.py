@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 import blocks
-from lab.device import choose_device, device_name, synchronize
-from lab.trainer import Precision, Trainer, TrainSettings, make_optimizer, prepare_spec
+from lab.train.device import choose_device, device_name, synchronize
+from lab.train.trainer import Precision, Trainer, TrainSettings, make_optimizer, prepare_spec
 
 
 @dataclass(frozen=True)
@@ -233,5 +233,5 @@ def format_result(result: dict) -> str:
     return f"{result['name']}: {fields}"
 
 
-import lab.bench_inspect  # noqa: E402,F401  (registers the inspection cases)
-import lab.bench_distributed  # noqa: E402,F401  (registers the torchrun case)
+import lab.bench.inspect  # noqa: E402,F401  (registers the inspection cases)
+import lab.bench.distributed  # noqa: E402,F401  (registers the torchrun case)

@@ -1,6 +1,6 @@
 """`python -m lab COMMAND …`: the headless face of ConvScope.
 
-Each command lives in its own module `lab/cmd_<name>.py` exposing `add_parser(subparsers)`
+Each command lives in its own module `lab/cli/cmd_<name>.py` exposing `add_parser(subparsers)`
 (which sets `func`) — this file only dispatches. Bad input prints one line to stderr and
 exits with status 2, never a traceback.
 """
@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"lab.cmd_{name}")
+            module = importlib.import_module(f"lab.cli.cmd_{name}")
         except ModuleNotFoundError as e:
-            if e.name != f"lab.cmd_{name}":
+            if e.name != f"lab.cli.cmd_{name}":
                 raise
             continue
         module.add_parser(sub)

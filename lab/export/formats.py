@@ -1,5 +1,5 @@
 """Exports of a network or a run: spec JSON, safetensors weights, ONNX, metrics CSV and a
-standalone PyTorch .py file (see lab/codegen.py) that also trains under torchrun.
+standalone PyTorch .py file (see lab/export/codegen.py) that also trains under torchrun.
 
 Every file is written to a temporary name beside its target and renamed when complete.
 Mistakes a user can fix (an unknown format, a missing run) raise ValueError subclasses
@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn as nn
 
-from lab.codegen import ExportError, generate
+from lab.export.codegen import ExportError, generate
 
 FORMATS = ("py", "onnx", "safetensors", "spec", "csv")
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from lab import zerogpu
-from lab.limits import Limits, LimitError, check_epochs, check_spec_limits
+from lab.serve import zerogpu
+from lab.serve.limits import Limits, LimitError, check_epochs, check_spec_limits
 
 ROOT_ENV = "CONVSCOPE_SESSION_ROOT"
 TRAIN_SIZE_ENV = "CONVSCOPE_SHAPES_TRAIN_SIZE"
@@ -233,7 +233,7 @@ def train_events(spec: dict, settings: dict, stop_file: str, dataset: Any = None
     folder is removed.
     """
     from lab.datasets import load_dataset
-    from lab.trainer import Trainer, TrainSettings
+    from lab.train.trainer import Trainer, TrainSettings
 
     s = TrainSettings.from_dict(settings)
     if dataset is None:
@@ -401,7 +401,7 @@ class Session:
     def check_training_request(self, spec: dict, settings: Any, dataset: Any) -> dict:
         """The spec as it will be trained (input/classes from the data set), after the
         limit checks; raises LimitError, SpecError or SessionError."""
-        from lab.trainer import prepare_spec
+        from lab.train.trainer import prepare_spec
         if self.training:
             raise SessionError("a training is already running in this session; stop it first")
         check_epochs(settings.epochs, self.limits)

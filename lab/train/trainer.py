@@ -12,7 +12,7 @@ between batches. The loop follows the habits of the fastest small-CNN trainers:
 * on CUDA: autocast (bf16 where supported, else fp16 with a GradScaler), channels_last
   and cudnn.benchmark.
 
-Under torchrun (`dist`, see lab/distributed.py) the same loop runs in every process on
+Under torchrun (`dist`, see lab/train/distributed.py) the same loop runs in every process on
 its shard of each global batch, under DistributedDataParallel.
 
 Global state: `torch.manual_seed(seed)` is called before the model is built (the
@@ -38,11 +38,11 @@ from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
 import blocks
 from blocks.summary import summarize
-from lab.device import DEVICES, choose_device, device_name, synchronize, usable_cpus
+from lab.train.device import DEVICES, choose_device, device_name, synchronize, usable_cpus
 
 if TYPE_CHECKING:
     from lab.datasets import Dataset
-    from lab.distributed import Distributed
+    from lab.train.distributed import Distributed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "constant")
@@ -288,7 +288,7 @@ class Trainer:
 
     `max_device_bytes`: data sets larger than this stream through a DataLoader instead of
     being copied to the device (a test forces that path with a small value).
-    `dist`: this process's place in a torchrun job (lab/distributed.py), or None. Then the
+    `dist`: this process's place in a torchrun job (lab/train/distributed.py), or None. Then the
     network trains under DistributedDataParallel on `dist.device`, each process takes
     batch_size / world_size images of every global batch, and every reported number is
     summed over processes (so all of them see the same events). A report is a collective

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from lab.export import FORMATS, export_run
+from lab.export.formats import FORMATS, export_run
 
 FORMAT_HELP = ("py: a standalone PyTorch file (torch alone; trains under torchrun), "
                "onnx: the network in ONNX (dynamic batch), safetensors: the weights, "

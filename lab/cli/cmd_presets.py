@@ -6,7 +6,7 @@ import argparse
 import json
 
 from blocks.summary import human, summarize
-from lab.cmd_summary import add_override_args, parse_shape
+from lab.cli.cmd_summary import add_override_args, parse_shape
 from presets import all_presets, get_preset
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from lab.bench import BenchOptions, register_case
-from lab.device import usable_cpus
+from lab.train.device import usable_cpus
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRESET, DATASET, WIDTH, BATCH = "ResNet-18 + CBAM", "shapes", 0.25, 64
 
 

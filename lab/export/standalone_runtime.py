@@ -1,4 +1,4 @@
-"""The runtime half of an exported standalone network file (see lab/codegen.py).
+"""The runtime half of an exported standalone network file (see lab/export/codegen.py).
 
 Everything below the marker line is copied verbatim into each exported .py, after the
 generated half, which imports argparse, math, os, sys, time, torch, torch.distributed as

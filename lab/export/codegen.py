@@ -16,7 +16,7 @@ made of supported pieces exports without changes here:
 
 The result has the same state_dict keys and shapes, so the ConvScope weights load
 strictly. The runtime half of the file (load, predict, train, check) is copied from
-`lab/standalone_runtime.py`.
+`lab/export/standalone_runtime.py`.
 """
 from __future__ import annotations
 
@@ -412,7 +412,7 @@ class SourceWriter:
             return self._container(module, path)
         if _is_torch(cls):
             raise ExportError(f"{path} is a {_qualname(cls)}, which the standalone export does not "
-                              f"support yet (add it to LEAVES in lab/codegen.py)")
+                              f"support yet (add it to LEAVES in lab/export/codegen.py)")
         return self._custom(module, path)
 
     def _leaf(self, module: nn.Module, names: tuple[str, ...], ctor: str, path: str) -> str:
@@ -582,7 +582,7 @@ def _constant(name: str, value: Any, comment: str) -> str:
 def generate(model: nn.Module, *, name: str, filename: str, input_shape: tuple[int, ...],
              num_classes: int, spec: dict | None = None, mean=None, std=None,
              classes=None) -> str:
-    """The whole standalone file for `model` (no checks; `lab.export.export_py` verifies)."""
+    """The whole standalone file for `model` (no checks; `lab.export.formats.export_py` verifies)."""
     writer = SourceWriter(spec)
     tree = writer.expr(model)
     code = writer.code()
