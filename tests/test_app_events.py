@@ -423,7 +423,7 @@ def test_compare_table(trained):
 @pytest.mark.parametrize("fmt", ["spec", "csv", "safetensors", "py", "onnx"])
 def test_exports(trained, fmt):
     s, rec = trained
-    out = app._exporter(fmt)(s, rec.id)
+    out = app.exporter(fmt)(s, rec.id)
     path = out[1]
     assert path.endswith({"spec": ".json", "csv": ".csv", "safetensors": ".safetensors",
                           "py": ".py", "onnx": ".onnx"}[fmt])

@@ -181,7 +181,7 @@ def test_disk_full_while_saving_a_run(app_env, monkeypatch):
     monkeypatch.setattr(lab.export.formats, "export_spec", lambda *a, **k: (_ for _ in ()).throw(
         OSError(errno.ENOSPC, "No space left on device")))
     with pytest.raises(gr.Error) as e:
-        app._exporter("spec")(s, "run-1")
+        app.exporter("spec")(s, "run-1")
     assert e.value.message == "The server's disk is full, so nothing could be written; try again later."
     monkeypatch.undo()
     assert "completed" in train(session=s)[-1][3]

@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 
 import app
+from ui.common import md_text
 from lab.serve import session as sess
 from lab.cli import main as lab_main
 from lab.serve.session import Session
@@ -368,7 +369,7 @@ def test_bad_zips_are_refused_with_one_line(zips, case, app_env):
     out = app.on_dataset_change(app.UPLOAD, str(zips[case]), TINY, 0, None)
     s, note = out[0], out[1]["value"]
     words = ZIP_MESSAGES[case]
-    assert f"⚠ " in note and app._md_text(words) in note, note
+    assert f"⚠ " in note and md_text(words) in note, note
     assert out[3] == TINY                      # the network is left as it was
     with pytest.raises(gr.Error) as e:         # and training on it is refused the same way
         list(app.on_train(s, TINY, app.UPLOAD, str(zips[case]), 0, 1, 4, "adam", 1e-3,
@@ -406,7 +407,7 @@ def test_unsafe_members_are_skipped_said_and_never_written(zips, tmp_path, app_e
     out = app.on_dataset_change(app.UPLOAD, str(zips["traversal"]), TINY, 0, None)
     s, note = out[0], out[1]["value"]
     assert "Input 3×32×32, 2 classes" in note
-    assert app._md_text("Skipped 5 unsafe entries (absolute paths, '..' or links)") in note
+    assert md_text("Skipped 5 unsafe entries (absolute paths, '..' or links)") in note
     outs = list(app.on_train(s, out[3], app.UPLOAD, str(zips["traversal"]), 0, 1, 4, "adam",
                              1e-3, "constant", 0, False, "cpu"))
     assert "completed" in outs[-1][3]
@@ -433,7 +434,7 @@ def test_zip_uploads_through_the_client(app_server, zips, app_env, monkeypatch):
         for case in ("bomb", "many", "flat"):
             note = value(client.predict(app.UPLOAD, handle_file(str(zips[case])), None,
                                         api_name="/set_dataset")[0])
-            assert "⚠" in note and app._md_text(ZIP_MESSAGES[case]) in note, note
+            assert "⚠" in note and md_text(ZIP_MESSAGES[case]) in note, note
         note = value(client.predict(app.UPLOAD, handle_file(str(zips["traversal"])), None,
                                     api_name="/set_dataset")[0])
         assert "2 classes" in note and "Skipped 5 unsafe entries" in note.replace("\\", "")

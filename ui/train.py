@@ -1,0 +1,251 @@
+"""The Train tab: data set, settings, Start/Stop, live curves and progress."""
+from __future__ import annotations
+
+import html
+import os
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import gradio as gr
+
+from blocks import edit
+from lab.datasets import DATASETS, DatasetError, dataset_help
+from lab.serve import session as sess
+from lab.serve import zerogpu
+from lab.serve.limits import LimitError, Limits
+from lab.serve.session import Session
+from lab.train.device import available_devices, device_name
+from ui.build import build_views
+from ui.common import (UPLOAD, curves, get_session, md_text, one_line, progress_html, run_updates,
+                       spec_of, to_int, user_errors)
+
+CURVE_EVERY_S = 0.5          # the curves figure is redrawn at most twice a second
+
+
+def dataset_meta(dataset: str, upload: Any = None, session: Session | None = None):
+    """(input shape, classes) of a data set choice; loads an uploaded zip to find out."""
+    if dataset in sess.BUILTIN_META:
+        shape, classes = sess.BUILTIN_META[dataset]
+        return list(shape), classes
+    if dataset == UPLOAD and upload is not None and session is not None:
+        ds = session.dataset(_upload_path(upload, session))
+        return list(ds.input_shape), len(ds.classes)
+    return None
+
+
+def _upload_path(upload: Any, session: Session) -> str:
+    from lab.serve.limits import check_upload
+    path = upload if isinstance(upload, str) else getattr(upload, "name", None)
+    if not path:
+        raise gr.Error("Upload a .zip of an image folder (one sub-folder per class) first.")
+    if not str(path).lower().endswith(".zip"):
+        raise gr.Error("The upload must be a .zip of an image folder (one sub-folder per class).")
+    check_upload(path, session.limits)
+    return str(path)
+
+
+SKIP_KINDS = (("unsafe", "unsafe entries (absolute paths, '..' or links)"),
+              ("non_images", "files that are not images"), ("corrupt", "corrupt images"),
+              ("too_large", "images with too many pixels"),
+              ("outside_classes", "files outside the class folders"))
+
+
+def skipped_note(report: dict) -> str:
+    """One line on what an uploaded zip's reader skipped ('' when nothing was)."""
+    parts = []
+    for kind, what in SKIP_KINDS:
+        n = int(report.get(f"skipped_{kind}", 0) or 0)
+        if n:
+            examples = report.get("examples", {}).get(kind) or []
+            eg = f" (e.g. {examples[0][:80]})" if examples else ""
+            parts.append(f"{n:,} {what}{eg}")
+    return ("Skipped " + "; ".join(parts) + ".") if parts else ""
+
+
+def dataset_note(dataset: str) -> str:
+    helps = dataset_help()
+    if dataset == UPLOAD:
+        return ("A .zip of an image folder: one sub-folder per class (`cats/1.png`, `dogs/2.jpg`); "
+                "images are resized to 32×32, 20% are held out for testing.")
+    return helps.get(dataset, "")
+
+
+@user_errors
+def on_dataset_change(dataset: str, upload: Any, spec_state: Any, index: Any,
+                      session_state: Any = None, request: gr.Request = None):
+    """The data set decides the network's input shape and classes."""
+    s = get_session(session_state, request)
+    note = dataset_note(dataset)
+    spec = spec_of(spec_state)
+    try:
+        meta = dataset_meta(dataset, upload, s)
+    except (DatasetError, LimitError, ValueError) as e:
+        gr.Warning(one_line(e))
+        note += f"  \n⚠ {md_text(one_line(e))}"
+        meta = None
+    if meta is not None:
+        shape, classes = meta
+        if list(spec.get("input", [])) != list(shape) or spec.get("classes") != classes:
+            spec = edit.set_input(spec, shape, classes)
+        note += f"  \nInput {'×'.join(map(str, shape))}, {classes} classes."
+        if dataset == UPLOAD:
+            skipped = skipped_note(s.dataset(_upload_path(upload, s)).report)
+            if skipped:
+                gr.Warning(skipped)
+                note += f"  \n{md_text(skipped)}"
+    return [s, gr.update(value=note), gr.update(visible=dataset == UPLOAD)] + build_views(spec, index)
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """(label, value) for the device dropdown, naming the GPU (or "CPU")."""
+    import torch
+    if zerogpu.on_zerogpu():
+        return [("auto — ZeroGPU (a GPU per run)", "auto"), ("CPU", "cpu")]
+    out = []
+    for kind in available_devices():
+        name = device_name(torch.device(kind))
+        out.append((name if kind == "cpu" else f"{kind} — {name}", kind))
+    first = out[0][0]
+    return [(f"auto — {first.split(' — ')[-1]}", "auto")] + out
+
+
+def _settings(dataset: str, upload: Any, s: Session, epochs: Any, batch: Any, optimizer: str,
+              lr: Any, schedule: str, seed: Any, augment: bool, device: str):
+    from lab.train.trainer import TrainSettings
+    name = _upload_path(upload, s) if dataset == UPLOAD else dataset
+    return TrainSettings(dataset=name, data_root=os.environ.get("CONVSCOPE_DATA_ROOT", "data"),
+                         epochs=to_int(epochs, "epochs"), batch_size=to_int(batch, "batch size"),
+                         optimizer=optimizer, lr=float(lr), schedule=schedule,
+                         seed=to_int(seed, "seed"), augment=bool(augment), device=device or "auto",
+                         report_interval=0.25)
+
+
+
+@user_errors
+def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, train_size: Any,
+             epochs: Any, batch: Any, optimizer: str, lr: Any, schedule: str, seed: Any,
+             augment: bool, device: str, request: gr.Request = None):
+    """Start a run and stream its progress; yields (session, progress, curves, status,
+    inspect run, compare runs, export run, start button, stop button)."""
+    s = get_session(session_state, request)
+    settings = _settings(dataset, upload, s, epochs, batch, optimizer, lr, schedule, seed,
+                         augment, device)
+    size = to_int(train_size, "train size") if train_size not in (None, "", 0) else None
+    spec = spec_of(spec_state)
+    name = spec.get("name", "network")
+    running = [gr.update(interactive=False), gr.update(interactive=True)]
+    idle = [gr.update(interactive=True), gr.update(interactive=False)]
+    keep = [gr.skip()] * 3
+    yield [s, progress_html(0, "loading data and building the network…"), gr.skip(),
+           f"Training **{html.escape(name)}** on {html.escape(str(dataset))}…"] + keep + running
+    try:
+        updates = s.start_training(spec, settings, train_size=size)  # checks limits first
+    except Exception as e:
+        yield [s, progress_html(0, "not started"), gr.skip(),
+               f"⚠ Not started: {html.escape(one_line(e))}"] + keep + idle
+        raise
+    last_plot = 0.0
+    for u in updates:
+        plot = gr.skip()
+        now = time.monotonic()
+        if u.done or (u.new_events and now - last_plot >= CURVE_EVERY_S):
+            plot = curves({name: u.events}) if u.events else gr.skip()
+            last_plot = now
+        if not u.done:
+            yield [s, progress_html(u.progress, u.text), plot, gr.skip()] + keep + running
+            continue
+        if u.run_id is None:
+            gr.Warning(f"Training {u.status}: {u.message}")
+            yield [s, progress_html(u.progress, u.text), plot,
+                   f"⚠ Training {u.status}: {html.escape(u.message)}"] + keep + idle
+            return
+        if u.warning:
+            gr.Warning(u.warning)
+        yield [s, progress_html(u.progress, u.text), plot,
+               f"✓ {html.escape(u.message)} — open **Inspect** to look inside."] \
+            + run_updates(s, u.run_id) + idle
+
+
+@user_errors
+def on_stop(session_state: Any):
+    """Stop the session's training: it ends after the current batch and is kept as a run."""
+    idle = [gr.update(interactive=True), gr.update(interactive=False)]
+    if not isinstance(session_state, Session):
+        return [gr.skip(), gr.skip(), "Nothing is training."] + [gr.skip()] * 3 + idle
+    s = session_state
+    run_id = s.stop_training(wait=3.0)
+    if run_id is None:
+        return [gr.skip(), gr.skip(), "Nothing is training (or it is still stopping)."] \
+            + [gr.skip()] * 3 + idle
+    rec = s.run(run_id)
+    plot = curves({rec.spec.get("name", "network"): rec.events})
+    acc = rec.end.get("test_acc")
+    acc_text = "" if acc is None else f", test accuracy {100 * acc:.1f}%"
+    frac = next((e.get("progress", 0) for e in reversed(rec.events) if e.get("type") == "step"), 0)
+    return [progress_html(frac, f"stopped — {rec.end.get('message', '')}"), plot,
+            f"■ {run_id} stopped: the model trained so far is kept{acc_text}."] \
+        + run_updates(s, run_id) + idle
+
+
+# ---------------------------------------------------------------------------- layout
+
+def layout(ui: SimpleNamespace, limits: Limits) -> None:
+    """Lay out the Train tab; its components go on `ui`."""
+    from lab.train.trainer import TrainSettings
+    defaults = TrainSettings()  # one source for the trainer's tuned defaults
+    with gr.Tab("Train", id="train"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                ui.dataset_dd = gr.Dropdown(list(DATASETS) + [UPLOAD], value="shapes",
+                                            label="Data set")
+                ui.dataset_md = gr.Markdown(dataset_note("shapes"))
+                ui.zip_file = gr.File(label=f"Image folder .zip (≤ {limits.max_upload_mb:g} MB)",
+                                      file_types=[".zip"], visible=False)
+                ui.train_size = gr.Number(sess.default_train_size("shapes") or 0,
+                                          label="Train size (0 = all)", precision=0, minimum=0)
+                with gr.Row():
+                    ui.epochs = gr.Number(3, label=f"Epochs (≤ {limits.max_epochs})", precision=0,
+                                          minimum=1, maximum=limits.max_epochs)
+                    ui.batch = gr.Number(defaults.batch_size,
+                                         label=f"Batch size (≤ {limits.max_batch})",
+                                         precision=0, minimum=1, maximum=limits.max_batch)
+                with gr.Row():
+                    ui.optimizer = gr.Dropdown(["adam", "adamw", "sgd"], value="adam",
+                                               label="Optimizer")
+                    ui.lr = gr.Number(defaults.lr, label="Learning rate", minimum=0)
+                with gr.Row():
+                    ui.schedule = gr.Dropdown(["onecycle", "cosine", "constant"], value="onecycle",
+                                              label="Schedule")
+                    ui.seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                ui.augment = gr.Checkbox(False, label="Augment (flips, pad-and-crop)")
+                ui.device = gr.Dropdown(device_choices(), value="auto", label="Device")
+                with gr.Row():
+                    ui.start_btn = gr.Button("Start", variant="primary", elem_id="cs-start")
+                    ui.stop_btn = gr.Button("Stop", variant="stop", interactive=False,
+                                            elem_id="cs-stop")
+            with gr.Column(scale=2):
+                ui.progress = gr.HTML(progress_html(0, "not started"), elem_id="cs-progress")
+                ui.curves_plot = gr.Plot(label="Training curves", elem_id="cs-curves")
+                ui.train_status = gr.Markdown(elem_id="cs-train-status")
+
+
+def wire(ui: SimpleNamespace, limits: Limits) -> None:
+    """The Train tab's events (a data set also reshapes the Build tab's network; a finished
+    run appears in the Inspect, Compare and Export pickers)."""
+    dataset_inputs = [ui.dataset_dd, ui.zip_file, ui.spec_state, ui.layer_dd, ui.session_state]
+    dataset_outputs = [ui.session_state, ui.dataset_md, ui.zip_file] + ui.build_views
+    ui.dataset_dd.change(on_dataset_change, dataset_inputs, dataset_outputs, api_name="set_dataset")
+    ui.zip_file.upload(on_dataset_change, dataset_inputs, dataset_outputs,
+                       api_visibility="private")
+    buttons = [ui.start_btn, ui.stop_btn]
+    train_event = ui.start_btn.click(
+        on_train,
+        [ui.session_state, ui.spec_state, ui.dataset_dd, ui.zip_file, ui.train_size, ui.epochs,
+         ui.batch, ui.optimizer, ui.lr, ui.schedule, ui.seed, ui.augment, ui.device],
+        [ui.session_state, ui.progress, ui.curves_plot, ui.train_status] + ui.run_pickers + buttons,
+        api_name="train", concurrency_limit=limits.max_concurrent_trainings,
+        concurrency_id="train", show_progress="hidden")
+    ui.stop_btn.click(on_stop, [ui.session_state],
+                      [ui.progress, ui.curves_plot, ui.train_status] + ui.run_pickers + buttons,
+                      cancels=[train_event], api_name="stop", concurrency_limit=None)
