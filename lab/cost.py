@@ -168,8 +168,9 @@ def one_layer_spec(c_in: int, size: int, block: str, params: dict) -> dict:
 
 def receptive_field(module: nn.Module, in_shape: tuple[int, int, int]) -> int:
     """Side of the square of input pixels one centre output unit depends on, read from the
-    gradient's support (float64, positive weights and inputs so no path cancels or is cut by a
-    ReLU). Whole-image attention (SE, CBAM's channel gate) gives the input side."""
+    gradient's support (float64; small positive weights and positive inputs, so no path cancels,
+    is cut by a ReLU or saturates a ReLU6/hard gate). Whole-image attention (SE, CBAM's channel
+    gate) gives the input side; a field wider than the input is capped at the input's side."""
     c, h, w = in_shape
     side = min(h, w, RF_MAX_SIDE)
     probe = _positive_copy(module)
@@ -187,9 +188,16 @@ def receptive_field(module: nn.Module, in_shape: tuple[int, int, int]) -> int:
 def _positive_copy(module: nn.Module) -> nn.Module:
     import copy
     probe = copy.deepcopy(module).to("cpu", torch.float64).eval()
+    # a max-pool passes the gradient to one maximum only; an average pool over the same
+    # window has the theoretical field
+    for parent in list(probe.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                   child.ceil_mode, count_include_pad=True))
     with torch.no_grad():
         for p in probe.parameters():
-            p.copy_(p.abs() + 0.1)
+            p.fill_(1e-3)
         for name, b in probe.named_buffers():
             if name.endswith("running_var"):
                 b.fill_(1.0)

@@ -61,6 +61,10 @@ def test_receptive_fields(handbook):
     assert rf["dilated d=2"] == 19                  # 2·(10 − 1) + 1
     assert rf["Ghost s=2 d=3"] == 12 and rf["Ghost s=2 d=1"] == 10   # k + d − 1
     assert rf["basic_residual"] == 5                # two 3×3 convs
+    small = {r.label: r.receptive_field for r in block_costs(
+        8, 8, 3, 20, time_it=False, only=["vgg_block", "inverted_residual", "ghost_bottleneck"]).rows}
+    # through a max-pool (3 + 1), a ReLU6 path (not cut by saturation), two Ghost modules
+    assert small == {"vgg_block": 4, "inverted_residual": 3, "ghost_bottleneck": 5}
     three = nn.Sequential(*[nn.Conv2d(1, 1, 3, padding=2, dilation=2) for _ in range(3)])
     assert receptive_field(three, (1, 31, 31)) == 13
 
