@@ -467,9 +467,42 @@ def test_curves_overlay_runs():
     assert len(a["step_loss"]) == 30 and a["step_epoch"][0] == pytest.approx(0.1)
     assert MAX_STEP_POINTS <= len(b["step_loss"]) <= MAX_STEP_POINTS + 1
     assert b["step_epoch"][-1] == 2.0 and b["step_loss"][-1] == 2.0
-    names = [t.name for t in view.figure.data]
-    assert names.count("a test acc") == 1 and names.count("b step loss") == 1 and len(names) == 10
-    assert len(view.figure.to_json()) < 2e6
+    traces = view.figure.data
+    assert len(traces) == 10 and {t.type for t in traces} == {"scatter"}   # no WebGL
+    a_traces = [t for t in traces if t.legendgroup == "a"]
+    assert [t.name for t in a_traces] == ["loss per step", "train", "test", "train", "test"]
+    assert {t.legendgrouptitle.text for t in a_traces} == {"a"}
+    assert len(view.figure.to_json()) < 2e5
+
+
+def test_curves_tell_runs_and_series_apart():
+    """Each run its own colour; train and test differ by dash and marker in both panels;
+    one legend group per run with one entry per series (acc reuses the loss entries)."""
+    fig = curves_figure({"a": _events(4, 1), "b": _events(4, 1), "c": _events(4, 1)}).figure
+    by_run = {g: [t for t in fig.data if t.legendgroup == g] for g in "abc"}
+    colours = {g: {t.line.color for t in ts} for g, ts in by_run.items()}
+    assert all(len(c) == 1 for c in colours.values()) and len(set.union(*colours.values())) == 3
+    for ts in by_run.values():
+        epoch = [t for t in ts if t.mode == "lines+markers"]
+        train = [t for t in epoch if t.name == "train"]
+        test = [t for t in epoch if t.name == "test"]
+        assert len(train) == len(test) == 2
+        assert {(t.line.dash, t.marker.symbol) for t in train} == {("solid", "circle")}
+        assert {(t.line.dash, t.marker.symbol) for t in test} == {("dash", "diamond-open")}
+        assert sum(bool(t.showlegend is not False) for t in ts) == 3
+    assert fig.layout.legend.groupclick == "togglegroup"
+
+
+def test_curves_axes_are_there_before_any_epoch_and_loss_can_be_log():
+    empty = curves_figure({}).figure
+    assert empty.layout.xaxis.title.text == "epoch" and empty.layout.xaxis2.title.text == "epoch"
+    assert tuple(empty.layout.yaxis2.range) == (0, 1.02) and empty.layout.xaxis.range is not None
+    steps_only = curves_figure({"a": [e for e in _events(40, 2) if e["type"] == "step"][:10]}).figure
+    assert tuple(steps_only.layout.yaxis2.range) == (0, 1.02)
+    assert steps_only.layout.xaxis2.range[1] >= 0.5          # shares the loss panel's epochs
+    assert curves_figure({"a": _events(4, 1)}).figure.layout.yaxis.type == "linear"
+    log = curves_figure({"a": _events(4, 1)}, log_loss=True)
+    assert log.figure.layout.yaxis.type == "log" and log.data["log_loss"] is True
 
 
 def test_captured_keeps_the_last_call(net):
@@ -484,3 +517,64 @@ def test_captured_keeps_the_last_call(net):
     finally:
         h.remove()
     assert len(seen) == 2 and torch.equal(store[name], seen[-1])
+
+
+# ---------------------------------------------------------------- plot details (issue 15, item 9)
+
+def test_readable_layer_names(net):
+    from visual.layers import readable_name
+    assert readable_name(net, "layers.1.1.attn") == "layer 1 · block 2 · CBAM"
+    assert readable_name(net, "layers.2.attn") == "layer 2 · SE"
+    assert readable_name(net, "layers.3.ghost1.primary.0") == "layer 3 · Ghost 1 · primary conv"
+    assert readable_name(net, "layers.1") == "layer 1 · basic residual ×2"
+    assert readable_name(net, "fc") == "fc"
+    choice = {c.name: c for c in layer_choices(net)}["layers.1.1.attn"]
+    assert choice.title == "layer 1 · block 2 · CBAM"
+    bars = redundancy_by_layer(net, torch.zeros(1, 3, 32, 32)).figure.data[0]
+    assert "layer 1 · block 1 · conv 1" in list(bars.x)
+    assert not any(str(x).startswith("layers.") for x in bars.x)
+    assert any(row[0] == "layers.1.0.conv1" for row in bars.customdata)   # module name on hover
+    assert "module %{customdata[0]}" in bars.hovertemplate
+
+
+def test_colour_bars_have_titles_and_titles_clear_the_toolbar(net, batch):
+    images, x, y = batch
+    views = [attribution_view(net, x[:1], images[0], "saliency"), cbam_view(net, x[:1], images[0]),
+             redundancy_view(net, x[:2], "layers.4"), se_class_view(net, x, y, "layers.2.attn")]
+    for v in views:
+        bars = [t for t in v.figure.data if t.type == "heatmap" and t.showscale is not False
+                and t.colorscale[0][1] != "rgba(0,0,0,0)"]
+        assert bars and all(t.colorbar.title.text for t in bars), v.data["view"]
+        assert v.figure.layout.margin.t >= 60, v.data["view"]
+
+
+def test_cbam_map_uses_the_whole_sigmoid_range_and_says_when_flat(net, batch):
+    images, x, _ = batch
+    v = cbam_view(net, x[:1], images[0])
+    heat = [t for t in v.figure.data if t.type == "heatmap"][0]
+    assert (heat.zmin, heat.zmax) == (0.0, 1.0)
+    lo, hi = v.data["spatial_min"], v.data["spatial_max"]
+    title = v.figure.layout.annotations[1].text
+    assert f"{lo:.3f}–{hi:.3f}" in title
+    assert v.data["nearly_flat"] == (hi - lo < 0.1) and ("nearly flat" in title) == v.data["nearly_flat"]
+    stretched = cbam_view(net, x[:1], images[0], fixed_range=False)
+    assert [t for t in stretched.figure.data if t.type == "heatmap"][0].zmin is None
+
+
+def test_ghost_grid_frames_each_intrinsic_map(net, batch):
+    images, x, _ = batch
+    v = ghost_view(net, x[:1], images[0], "layers.3.ghost1")
+    frames = [s for s in v.figure.layout.shapes if s.type == "rect"]
+    assert len(frames) == v.data["rows_shown"] == v.data["frames"]
+    widths = {round(s.x1 - s.x0, 3) for s in frames}
+    assert len(widths) == 1 and widths.pop() >= 16        # one tile each, tiles ≥ 16 px
+    assert "framed = intrinsic" in v.figure.layout.annotations[1].text
+
+
+def test_attribution_view_can_leave_top5_to_the_page(net, batch):
+    images, x, _ = batch
+    with_bars = attribution_view(net, x[:1], images[0], "saliency")
+    without = attribution_view(net, x[:1], images[0], "saliency", show_top5=False)
+    assert [t.type for t in with_bars.figure.data].count("bar") == 1
+    assert [t.type for t in without.figure.data].count("bar") == 0
+    assert without.data["top5"] == with_bars.data["top5"]

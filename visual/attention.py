@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from blocks.library.attention import CBAM
 from visual.hooks import inspection_mode, keeping_weights, model_device
-from visual.layers import get_module, resolve_layer
+from visual.layers import get_module, readable_name, resolve_layer
 from visual.render import (as_numpy, colorbar_beside, heat_overlay, image_trace, rounded,
                            style_image_axes, to_rgb, upsample)
 from visual.view import View
@@ -52,7 +52,7 @@ def se_view(model: nn.Module, x: torch.Tensor, layer: str | None = None) -> View
     name, w = attention_weights(model, x[:1], layer, ("se",))
     s = as_numpy(w["channel"][0])
     fig = go.Figure(_bars(s, "excitation"))
-    fig.update_layout(title=f"{name}: SE excitation, {len(s)} channels", xaxis_title="channel",
+    fig.update_layout(title=f"{readable_name(model, name)}: SE excitation, {len(s)} channels", xaxis_title="channel",
                       yaxis_title="gate", yaxis_range=[0, 1], height=340, margin=dict(l=10, r=10, t=40, b=10))
     return View(fig, {"view": "se", "layer": name, "excitation": rounded(s, 6),
                       "mean": round(float(s.mean()), 6)})
@@ -75,8 +75,10 @@ def se_class_view(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str
     np.add.at(sums, labels, s)
     means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], np.nan)
     fig = go.Figure(go.Heatmap(z=means.astype(np.float32), y=classes, zmin=0, zmax=1, colorscale="Viridis",
+                               colorbar=dict(title=dict(text="mean gate", side="right")),
                                hovertemplate="class %{y}, channel %{x}: %{z:.3f}<extra></extra>"))
-    fig.update_layout(title=f"{name}: mean SE excitation per class ({len(labels)} images)",
+    fig.update_layout(title=f"{readable_name(model, name)}: mean SE excitation per class "
+                            f"({len(labels)} images)",
                       xaxis_title="channel", yaxis_autorange="reversed", height=max(320, 60 + 24 * k),
                       margin=dict(l=10, r=10, t=40, b=10))
     spread = np.nanstd(means, axis=0) if np.isfinite(means).any() else np.zeros(s.shape[1])
@@ -84,26 +86,40 @@ def se_class_view(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str
                       "matrix": rounded(means, 6), "class_spread": rounded(spread, 6)})
 
 
+FLAT_SPAN = 0.1   # a spatial map whose values span less than this is called nearly flat
+
+
 def cbam_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np.ndarray,
-              layer: str | None = None) -> View:
+              layer: str | None = None, fixed_range: bool = True) -> View:
     """A CBAM module's channel weights (bars) and its spatial map, upsampled bilinearly to the
-    input and overlaid on it (default: the last CBAM)."""
+    input and overlaid on it (default: the last CBAM). The map's colours span the sigmoid's
+    whole 0–1 range (`fixed_range=False`: the map's own min..max, which makes a nearly flat
+    map look contrasted); the subplot title gives the map's range and says when it is
+    nearly flat."""
     name, w = attention_weights(model, x[:1], layer, ("cbam",))
     ch = as_numpy(w["channel"][0])
     spatial = w["spatial"]
     size = tuple(x.shape[-2:])
     up = as_numpy(upsample(spatial, size)[0])
+    sp = as_numpy(spatial[0, 0])
+    lo, hi = float(sp.min()), float(sp.max())
+    flat = hi - lo < FLAT_SPAN
+    span = f"map {lo:.3f}–{hi:.3f}" + (" (nearly flat)" if flat else "")
+    scale = "colours 0–1" if fixed_range else "colours stretched to the map's range"
     fig = make_subplots(1, 2, column_widths=[0.55, 0.45], horizontal_spacing=0.08,
-                        subplot_titles=(f"{name}: channel attention", "spatial attention on the input"))
+                        subplot_titles=(f"{readable_name(model, name)}: channel attention",
+                                        f"spatial attention: {span}; {scale}"))
     fig.add_trace(_bars(ch, "channel"), 1, 1)
     fig.add_trace(image_trace(to_rgb(image)), 1, 2)
-    # colours span the map's own range: a sigmoid map often sits in a narrow band near 0 or 1
-    fig.add_trace(heat_overlay(up, "spatial", colorbar_x=colorbar_beside(fig, 1, 2)), 1, 2)
+    fig.add_trace(heat_overlay(up, "spatial", colorbar_x=colorbar_beside(fig, 1, 2),
+                               colorbar_title="attention", zmin=0.0 if fixed_range else None,
+                               zmax=1.0 if fixed_range else None), 1, 2)
     fig.update_yaxes(range=[0, 1], row=1, col=1)
     style_image_axes(fig, 1, 2)
+    fig.update_yaxes(title_text="gate", row=1, col=1)
+    fig.update_xaxes(title_text="channel", row=1, col=1)
     fig.update_layout(height=360, showlegend=False, margin=dict(l=10, r=10, t=40, b=10))
-    sp = as_numpy(spatial[0, 0])
-    return View(fig, {"view": "cbam", "layer": name, "channel": rounded(ch, 6),
+    return View(fig, {"view": "cbam", "layer": name, "nearly_flat": flat, "fixed_range": fixed_range, "channel": rounded(ch, 6),
                       "spatial": rounded(sp, 6), "spatial_shape": list(sp.shape),
                       "spatial_upsampled_shape": list(up.shape),
                       "spatial_min": round(float(sp.min()), 6), "spatial_max": round(float(sp.max()), 6)})

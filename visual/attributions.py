@@ -23,7 +23,7 @@ from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occ
 from plotly.subplots import make_subplots
 
 from visual.hooks import inspection_mode, model_device
-from visual.layers import get_module, resolve_layer
+from visual.layers import get_module, readable_name, resolve_layer
 from visual.render import (as_numpy, colorbar_beside, heat_overlay, image_trace, rounded,
                            style_image_axes, to_rgb)
 from visual.view import View
@@ -111,9 +111,11 @@ def _ig_batch(xb: torch.Tensor) -> int:
 
 def attribution_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np.ndarray,
                      method: str = "gradcam", target: int | None = None, layer: str | None = None,
-                     n_steps: int = 32, classes: list[str] | None = None) -> View:
+                     n_steps: int = 32, classes: list[str] | None = None,
+                     show_top5: bool = True) -> View:
     """One image's attribution map for `target` (default: the predicted class) overlaid on the
-    input, beside the top-5 class probabilities."""
+    input, beside the top-5 class probabilities (left out with `show_top5=False`, where the
+    page shows them already; they stay in `data`)."""
     x = x[:1]
     probs = predict(model, x)[0]
     maps, targets, layer_name = attribution_maps(model, x, method, target, layer, n_steps)
@@ -121,28 +123,42 @@ def attribution_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np
     t = int(targets[0])
     names = list(classes) if classes else [str(i) for i in range(probs.numel())]
     idx, p = top_probabilities(probs)
-    title = TITLES[method] + (f" @ {layer_name}" if layer_name else "") + f" for '{names[t]}'"
-    fig = make_subplots(1, 3, column_widths=[0.3, 0.3, 0.4], horizontal_spacing=0.1,
-                        subplot_titles=("input", title, "top-5 probabilities"))
+    where = f" @ {readable_name(model, layer_name)}" if layer_name else ""
+    title = TITLES[method] + where + f" for '{names[t]}'"
+    if show_top5:
+        fig = make_subplots(1, 3, column_widths=[0.3, 0.3, 0.4], horizontal_spacing=0.1,
+                            subplot_titles=("input", title, "top-5 probabilities"))
+    else:
+        fig = make_subplots(1, 2, horizontal_spacing=0.06, subplot_titles=("input", title))
     fig.add_trace(image_trace(to_rgb(image)), 1, 1)
     fig.add_trace(image_trace(to_rgb(image)), 1, 2)
     fig.add_trace(heat_overlay(amap, TITLES[method], zmin=0, zmax=float(amap.max()) or 1.0,
-                               colorbar_x=colorbar_beside(fig, 1, 2)), 1, 2)
-    fig.add_trace(go.Bar(x=p[::-1], y=[names[i] for i in idx][::-1], orientation="h",
-                         marker_color=["#d62728" if i == t else "#1f77b4" for i in idx][::-1],
-                         hovertemplate="%{y}: %{x:.3f}<extra></extra>"), 1, 3)
-    fig.update_xaxes(range=[0, 1], row=1, col=3)
-    fig.update_yaxes(side="right", row=1, col=3)  # class names clear of the heatmap's colour bar
+                               colorbar_x=colorbar_beside(fig, 1, 2), colorbar_title="attribution"),
+                  1, 2)
+    if show_top5:
+        _top5_bars(fig, p, idx, names, t)
     style_image_axes(fig, 1, 1)
     style_image_axes(fig, 1, 2)
-    fig.update_layout(height=340, showlegend=False, margin=dict(l=10, r=90, t=40, b=10))
-    data = {"view": method, "method": method, "layer": layer_name, "target": t, "target_name": names[t],
-            "predicted": int(probs.argmax()), "top5": {"classes": idx, "names": [names[i] for i in idx],
-                                                        "probabilities": rounded(p, 6)},
-            "map_shape": list(amap.shape), "map_max": round(float(amap.max()), 8),
-            "map_sum": round(float(amap.sum()), 8)}
+    fig.update_layout(height=340, showlegend=False, margin=dict(l=10, r=90 if show_top5 else 40, t=40, b=10))
+    data = _attribution_data(method, layer_name, t, names, probs, idx, p, amap)
     if method == "ig":
         data["n_steps"] = n_steps
     if method == "occlusion":
         data["window"], data["stride"] = map(list, occlusion_window(tuple(x.shape[-2:])))
     return View(fig, data)
+
+
+def _top5_bars(fig, p, idx, names, t) -> None:
+    fig.add_trace(go.Bar(x=p[::-1], y=[names[i] for i in idx][::-1], orientation="h",
+                         marker_color=["#d62728" if i == t else "#1f77b4" for i in idx][::-1],
+                         hovertemplate="%{y}: %{x:.3f}<extra></extra>"), 1, 3)
+    fig.update_xaxes(range=[0, 1], row=1, col=3)
+    fig.update_yaxes(side="right", row=1, col=3)  # class names clear of the heatmap's colour bar
+
+
+def _attribution_data(method, layer_name, t, names, probs, idx, p, amap) -> dict:
+    return {"view": method, "method": method, "layer": layer_name, "target": t, "target_name": names[t],
+            "predicted": int(probs.argmax()), "top5": {"classes": idx, "names": [names[i] for i in idx],
+                                                        "probabilities": rounded(p, 6)},
+            "map_shape": list(amap.shape), "map_max": round(float(amap.max()), 8),
+            "map_sum": round(float(amap.sum()), 8)}

@@ -7,7 +7,7 @@ import torch.nn as nn
 from plotly.subplots import make_subplots
 
 from visual.hooks import run_captured
-from visual.layers import resolve_layer
+from visual.layers import readable_name, resolve_layer
 from visual.render import (as_numpy, colorize, grid_shape, hover_grid, image_trace, normalize01,
                            png_uri, rounded, style_image_axes, tile, to_rgb, upscale)
 from visual.view import View
@@ -53,7 +53,7 @@ def feature_grid(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np.nda
     text[:len(shown)] = [f"channel {c}<br>mean {means[c]:.3g}<br>max {fmap[c].max():.3g}"
                          for c in shown]
     fig = make_subplots(1, 2, column_widths=[0.25, 0.75], horizontal_spacing=0.03,
-                        subplot_titles=("input", f"{choice.name}: {fmap.shape[0]} channels "
+                        subplot_titles=("input", f"{readable_name(model, choice.name)}: {fmap.shape[0]} channels "
                                         f"{fmap.shape[1]}×{fmap.shape[2]}, by {sort}"))
     fig.add_trace(image_trace(to_rgb(image)), 1, 1)
     fig.add_trace(image_trace(uri, "feature maps"), 1, 2)

@@ -26,11 +26,12 @@ from plotly.subplots import make_subplots
 from blocks.library.ghost import GhostModule
 from visual.features import tiled_maps_image
 from visual.hooks import inspection_mode, run_captured
-from visual.layers import candidates, get_module, resolve_layer
+from visual.layers import candidates, get_module, readable_name, resolve_layer
 from visual.render import as_numpy, hover_grid, image_trace, rounded, style_image_axes, to_rgb
 from visual.view import View
 
 DEAD_TOL = 1e-8
+INTRINSIC_FRAME = "#ff7f0e"
 
 
 def ghost_parts(model: nn.Module, x: torch.Tensor, layer: str | None = None
@@ -60,11 +61,12 @@ def ghost_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np.ndarr
     k = max(1, round(math.sqrt(rows / s)))
     cols = k * s + k - 1
     blank = np.full_like(intr[0], np.nan)
-    maps, text, cos = [], [], []
+    maps, text, cos, intrinsic_at = [], [], [], []
     for j in range(rows):
         if j % k:
             maps.append(blank)
             text.append("")
+        intrinsic_at.append(len(maps))
         maps.append(intr[j])
         text.append(f"intrinsic {j}<br>mean {intr[j].mean():.3g}")
         row_cos = []
@@ -80,16 +82,21 @@ def ghost_view(model: nn.Module, x: torch.Tensor, image: torch.Tensor | np.ndarr
     uri, grows, gcols, th, tw = tiled_maps_image(np.stack(maps), cols=cols)
     text += [""] * (grows * gcols - len(text))
     fig = make_subplots(1, 2, column_widths=[0.3, 0.7], horizontal_spacing=0.04,
-                        subplot_titles=("input", f"{name}: intrinsic → its {s - 1} ghost(s), "
-                                        f"{rows} of {m} intrinsic maps"))
+                        subplot_titles=("input", f"{readable_name(model, name)}: framed = intrinsic "
+                                        f"map, then its {s - 1} ghost(s); {rows} of {m} intrinsic"))
     fig.add_trace(image_trace(to_rgb(image)), 1, 1)
     fig.add_trace(image_trace(uri, "ghost maps"), 1, 2)
+    for at in intrinsic_at:   # a frame around each intrinsic map (pixel i spans i-0.5..i+0.5)
+        r, c = divmod(at, gcols)
+        x0, y0 = c * (tw + 1) - 0.5, r * (th + 1) - 0.5
+        fig.add_shape(type="rect", x0=x0, y0=y0, x1=x0 + tw, y1=y0 + th, row=1, col=2,
+                      line=dict(color=INTRINSIC_FRAME, width=2))
     fig.add_trace(hover_grid(np.zeros((grows, gcols)), np.array(text, dtype=object).reshape(grows, gcols),
                              th, tw), 1, 2)
     style_image_axes(fig)
     fig.update_layout(height=max(340, min(1000, 60 + grows * 70)), margin=dict(l=10, r=10, t=40, b=10))
     data = {"view": "ghost", "layer": name, "intrinsic": m, "ratio": s, "ghosts": int(gh.shape[0]),
-            "out_channels": module.c_out, "rows_shown": rows,
+            "out_channels": module.c_out, "rows_shown": rows, "frames": len(intrinsic_at),
             "cos_intrinsic_ghost": rounded(cos),
             "intrinsic_mean": rounded(intr.mean(axis=(1, 2))), "ghost_mean": rounded(gh.mean(axis=(1, 2)))}
     return View(fig, data)
@@ -164,11 +171,13 @@ def redundancy_view(model: nn.Module, x: torch.Tensor, layer: str | None = None,
     best = top_pairs(sim, alive, pairs)
     score_txt = "undefined" if score is None else f"{score:.3f}"
     fig = make_subplots(1, 2, column_widths=[0.62, 0.38], horizontal_spacing=0.08,
-                        subplot_titles=(f"{name}: channel cosine similarity (redundancy {score_txt})",
+                        subplot_titles=(f"{readable_name(model, name)}: channel cosine similarity "
+                                        f"(redundancy {score_txt})",
                                         "most similar pairs"))
     c = sim.shape[0]
     fig.add_trace(go.Heatmap(z=sim.astype(np.float32), zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
-                             colorbar=dict(x=0.55, len=0.9, thickness=12),
+                             colorbar=dict(x=0.55, len=0.9, thickness=12,
+                                           title=dict(text="cos", side="right")),
                              hovertemplate="ch %{y} · ch %{x}: %{z:.3f}<extra></extra>"), 1, 1)
     fig.update_xaxes(range=[-0.5, c - 0.5], constrain="domain", row=1, col=1)
     fig.update_yaxes(range=[c - 0.5, -0.5], scaleanchor="x", constrain="domain", row=1, col=1)
@@ -198,10 +207,13 @@ def redundancy_by_layer(model: nn.Module, x: torch.Tensor,
         t = store.get(n)
         if t is not None and t.dim() == 4:
             rows.append((n, redundancy_score(cosine_similarity_matrix(t), live_channels(t)), int(t.shape[1])))
-    fig = go.Figure(go.Bar(x=[r[0] for r in rows], y=[r[1] for r in rows],
-                           customdata=[r[2] for r in rows],
-                           hovertemplate="%{x}<br>redundancy %{y:.3f}<br>%{customdata} channels"
-                                         "<extra></extra>"))
+    labels = [readable_name(model, r[0]) for r in rows]
+    if len(set(labels)) < len(labels):
+        labels = [r[0] for r in rows]
+    fig = go.Figure(go.Bar(x=labels, y=[r[1] for r in rows],
+                           customdata=[[r[0], r[2]] for r in rows],
+                           hovertemplate="%{x}<br>module %{customdata[0]}<br>redundancy %{y:.3f}"
+                                         "<br>%{customdata[1]} channels<extra></extra>"))
     fig.update_layout(title="redundancy per layer (mean best-match |cos|)", yaxis_range=[0, 1],
                       height=380, margin=dict(l=10, r=10, t=40, b=10))
     scores = [r[1] for r in rows if r[1] is not None]

@@ -28,6 +28,7 @@ class LayerChoice:
     label: str                 # "layers.3.1.attn  [CBAM]  32×16×16"
     kind: str                  # one of KINDS
     out_shape: tuple[int, ...]  # (C, H, W) for one image
+    title: str = ""            # "layer 3 · block 2 · CBAM" (readable_name)
 
 
 def _conv_marker(conv: nn.Module, cna: nn.Module | None = None) -> str:
@@ -104,8 +105,79 @@ def layer_choices(model: nn.Module, kinds: tuple[str, ...] | None = None,
         if t is None or t.dim() != 4:
             continue
         shape = tuple(int(s) for s in t.shape[1:])
-        out.append(LayerChoice(name, f"{name}  [{marker}]  {'×'.join(map(str, shape))}", kind, shape))
+        out.append(LayerChoice(name, f"{name}  [{marker}]  {'×'.join(map(str, shape))}", kind, shape,
+                               readable_name(model, name)))
     return out
+
+
+# module attribute names -> words (a trailing digit becomes a number: conv1 -> conv 1)
+WORDS = {"attn": "attention", "dw": "depthwise", "cheap": "cheap", "primary": "primary",
+         "shortcut": "shortcut", "ghost": "Ghost", "se": "SE", "expand": "expand",
+         "project": "project", "features": "features", "head": "head"}
+
+
+def _word(token: str) -> str:
+    stem = token.rstrip("0123456789")
+    num = token[len(stem):]
+    word = WORDS.get(stem, stem.replace("_", " "))
+    return f"{word} {num}" if num and stem else word
+
+
+def _kind_word(module: nn.Module) -> str | None:
+    if isinstance(module, CBAM):
+        return "CBAM"
+    if isinstance(module, SqueezeExcite):
+        return "SE"
+    if isinstance(module, GhostModule):
+        return "Ghost"
+    if isinstance(module, (ConvNormAct, nn.Conv2d, nn.ConvTranspose2d)):
+        return "conv"
+    return None
+
+
+def readable_name(model: nn.Module, name: str) -> str:
+    """A module name as words for axes and titles: "layers.3.1.attn" -> "layer 3 · block 2 ·
+    CBAM", "layers.12.ghost2.primary.0" -> "layer 12 · Ghost 2 · primary conv" (the module
+    name itself goes into hover text and data). Names outside `layers.N` come back as given."""
+    parts = name.split(".")
+    if len(parts) < 2 or parts[0] != "layers" or not parts[1].isdigit():
+        return name
+    modules = dict(model.named_modules())
+    i = int(parts[1])
+    infos = getattr(model, "layer_info", [])
+    repeat = infos[i].repeat if i < len(infos) else 1
+    words = [f"layer {i}"]
+    rest = parts[2:]
+    if repeat > 1 and rest and rest[0].isdigit():
+        words.append(f"block {int(rest[0]) + 1}")
+        rest = rest[1:]
+    prefix = ".".join(parts[:len(parts) - len(rest)])
+    for k, token in enumerate(rest):
+        path = prefix + "." + ".".join(rest[:k + 1])
+        kind = _kind_word(modules.get(path))
+        if token.isdigit():
+            if k < len(rest) - 1:
+                words.append(f"unit {int(token) + 1}")   # a dense block's layers etc.
+            elif kind and not words[-1].endswith(kind):
+                # shortcut.0 (a conv) -> "shortcut conv"; "shortcut conv 2" when it has two
+                parent = modules.get(path.rpartition(".")[0])
+                alike = [n for n, c in (parent.named_children() if parent is not None else [])
+                         if _kind_word(c) == kind]
+                words[-1] += f" {kind}" + (f" {alike.index(token) + 1}" if len(alike) > 1
+                                           and token in alike else "")
+            continue
+        word = _word(token)
+        if kind in ("CBAM", "SE"):
+            word = kind
+        elif kind == "Ghost" and not word.startswith("Ghost"):
+            word = f"{word} (Ghost)"
+        elif kind == "conv" and k == len(rest) - 1 and "conv" not in word:
+            word += " conv"
+        words.append(word)
+    if not rest and i < len(infos):     # the spec layer itself, or one block of it
+        block = infos[i].block.replace("_", " ")
+        words.append(block + (f" ×{repeat}" if repeat > 1 and len(parts) == 2 else ""))
+    return " · ".join(words)
 
 
 def _shortened(names: list[str], limit: int = 10) -> str:

@@ -113,11 +113,13 @@ def hover_grid(values: np.ndarray, text: np.ndarray, tile_h: int, tile_w: int, g
 
 def heat_overlay(heat: np.ndarray, name: str, opacity: float = 0.5, colorscale: str = "Jet",
                  zmin: float | None = None, zmax: float | None = None,
-                 colorbar_x: float | None = None) -> go.Heatmap:
-    """A semi-transparent (H, W) heatmap aligned with an image trace's pixels."""
+                 colorbar_x: float | None = None, colorbar_title: str | None = None) -> go.Heatmap:
+    """A semi-transparent (H, W) heatmap aligned with an image trace's pixels; its colour bar
+    is titled `colorbar_title` (default: `name`)."""
     return go.Heatmap(z=np.asarray(heat, dtype=np.float32), opacity=opacity, colorscale=colorscale,
                       zmin=zmin, zmax=zmax, name=name,
-                      colorbar=dict(len=0.8, thickness=10, x=colorbar_x),
+                      colorbar=dict(len=0.8, thickness=10, x=colorbar_x,
+                                    title=dict(text=colorbar_title or name, side="right")),
                       hovertemplate=f"{name}: %{{z:.3g}}<br>x %{{x}}, y %{{y}}<extra></extra>")
 
 
