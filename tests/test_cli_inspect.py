@@ -64,7 +64,7 @@ def test_writes_html(run_dir, tmp_path, capsys):
     assert stdout.strip() == f"wrote {out} (features, layers.1.conv1)"
     html = out.read_text()
     assert html.lower().startswith("<!doctype html>") and "Plotly.newPlot" in html
-    assert "layers.1.conv1: 8 channels" in html
+    assert "layer 1 · conv 1: 8 channels" in html   # readable name in the title
 
 
 def test_index_is_the_runs_test_image_normalised_as_in_training(run_dir, tmp_path, capsys):
