@@ -24,7 +24,7 @@ DEFAULT_CLASSES = 10
 DEFAULT_WIDTH = 0.25
 
 _FILE_KEYS = {"name", "year", "paper", "description", "default", "small_below", "layers",
-              "small_layers"}
+              "small_layers", "torchvision"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class Preset:
     layers: list
     small_layers: list | None
     small_below: int
+    # the torchvision model whose weights fit the paper-resolution layers ("resnet18"; an
+    # attention variant names its plain network), or None: see blocks/pretrained.py
+    torchvision: str | None = None
 
     def spec(self, input_shape: Any = None, classes: int | None = None,
              width: float | None = None) -> dict:
@@ -73,7 +76,8 @@ def _read(path: Path) -> Preset:
     default = data["default"]
     return Preset(data["name"], path.stem, data["year"], data["paper"], data["description"],
                   tuple(default["input"]), default["classes"], float(default["width"]),
-                  data["layers"], data.get("small_layers"), data.get("small_below", SMALL_BELOW))
+                  data["layers"], data.get("small_layers"), data.get("small_below", SMALL_BELOW),
+                  data.get("torchvision"))
 
 
 def _file_problem(data: Any) -> str:
@@ -90,6 +94,8 @@ def _file_problem(data: Any) -> str:
         return "'default' must hold exactly input, classes and width"
     if "small_layers" in data and not isinstance(data["small_layers"], list):
         return "'small_layers' must be a list"
+    if not isinstance(data.get("torchvision", ""), str):
+        return "'torchvision' must be a torchvision model name"
     if not isinstance(data.get("small_below", SMALL_BELOW), int):
         return "'small_below' must be an integer"
     return ""

@@ -1,5 +1,10 @@
-"""`python -m lab inspect --run DIR (--image PATH | --index N) --view VIEW [--layer NAME]
-[--target CLASS] --out FILE.html|.png|.json`: render one inspection view without a browser.
+"""`python -m lab inspect (--run DIR | --preset NAME --weights FILE|imagenet) (--image PATH |
+--index N) --view VIEW [--layer NAME] [--target CLASS] --out FILE.html|.png|.json`: render one
+inspection view without a browser.
+
+With `--preset` and `--weights` the network is a pretrained one (lab/pretrained.py) and
+`--image` a photo, resized and centre-cropped (224×224 for ImageNet weights) and normalised
+as the weights were trained; `--target` takes any of the 1,000 ImageNet class names.
 
 The run's test split is rebuilt from its settings (data set, data_root, seed) and the sizes
 in its dataset.json, so `--index N` is the N-th image the run was tested on. Images are
@@ -29,7 +34,11 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("inspect", help="render an inspection view of a run to HTML, PNG or JSON",
                               description="Render one inspection view of a run without a browser: "
                                           "HTML (always), PNG (needs Chrome/Chromium) or JSON (its numbers).")
-    p.add_argument("--run", required=True, metavar="DIR", help="a run folder written by `train`")
+    net = p.add_mutually_exclusive_group(required=True)
+    net.add_argument("--run", metavar="DIR", help="a run folder written by `train`")
+    net.add_argument("--preset", metavar="NAME", help="a preset with pretrained --weights, e.g. 'ResNet-18'")
+    p.add_argument("--weights", metavar="FILE|imagenet",
+                   help="with --preset: 'imagenet' or a .pth / .safetensors file of the torchvision model")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--image", metavar="PATH", help="an image file (any size; resized to the input)")
     src.add_argument("--index", type=int, metavar="N", help="the N-th image of the run's test split")
@@ -48,6 +57,14 @@ def _check_args(args: argparse.Namespace) -> None:
     from visual.export import FORMATS
     if Path(args.out).suffix.lower() not in FORMATS:
         raise UsageError(f"--out must end in {', '.join(FORMATS)}, got '{args.out}'")
+    if args.preset is not None:
+        if not args.weights:
+            raise UsageError("--preset needs --weights FILE|imagenet (or inspect a trained run: --run DIR)")
+        if args.view in SPLIT_VIEWS or args.view == "curves" or args.index is not None:
+            raise UsageError(f"{'--index' if args.index is not None else '--view ' + args.view} needs a "
+                             f"run's test split: use --run DIR (with --preset give --image PHOTO)")
+    elif args.weights:
+        raise UsageError("--weights goes with --preset (a run folder has its own weights)")
     if args.view in IMAGE_VIEWS and args.image is None and args.index is None:
         raise UsageError(f"--view {args.view} needs an image: give --image PATH or --index N")
     if args.limit is not None and args.limit < 1:
@@ -127,13 +144,16 @@ def parse_target(text: str | None, classes: list[str]) -> int | None:
     return t
 
 
-def make_view(args: argparse.Namespace, run):
-    """The View the arguments ask for."""
+def make_view(args: argparse.Namespace, run, net=None):
+    """The View the arguments ask for, of a run or (run None) of a lab.pretrained.Pretrained."""
     import visual
-    model = run.model
-    spec_classes = int(run.spec.get("classes", 0))
-    names = list((run.dataset_info or {}).get("classes") or [])
-    classes = names if len(names) == spec_classes else [str(i) for i in range(spec_classes)]
+    if net is not None:
+        model, classes = net.model, net.classes
+    else:
+        model = run.model
+        spec_classes = int(run.spec.get("classes", 0))
+        names = list((run.dataset_info or {}).get("classes") or [])
+        classes = names if len(names) == spec_classes else [str(i) for i in range(spec_classes)]
     target = parse_target(args.target, classes)
     if args.layer is not None:   # before any data is loaded: a wrong name fails fast
         visual.resolve_layer(model, args.layer, LAYER_KINDS.get(args.view))
@@ -156,7 +176,10 @@ def make_view(args: argparse.Namespace, run):
         if args.view == "se-classes":
             return visual.se_class_view(model, x, y, args.layer, classes)
         return visual.confusion_view(model, x, y, classes)
-    if args.image is not None:
+    if net is not None:
+        from lab.pretrained import open_photo, photo_tensors
+        image, x = photo_tensors(open_photo(args.image), net.weights)
+    elif args.image is not None:
         image = read_image(args.image, tuple(model.input_shape))
         x = normalizer(run)(image[None])
     else:
@@ -188,8 +211,11 @@ def run(args: argparse.Namespace) -> int:
     from lab.runs import load_run
     from visual.export import write_view
     _check_args(args)
-    r = load_run(args.run)
-    view = make_view(args, r)
+    if args.preset is not None:
+        from lab.pretrained import pretrained
+        view = make_view(args, None, pretrained(args.preset, args.weights))
+    else:
+        view = make_view(args, load_run(args.run))
     path = write_view(view, args.out)
     layer = view.data.get("layer")
     print(f"wrote {path} ({args.view}" + (f", {layer}" if layer else "") + ")")
