@@ -361,7 +361,9 @@ def test_the_bench_case_runs_one_process_against_two(monkeypatch):
     monkeypatch.setattr(bench_distributed, "usable_cpus", lambda: 2)   # 1 thread per process
     result = bench_distributed.distributed_case(BenchOptions(quick=True, device="cpu"))
     assert result["device"] == "cpu" and result["processes"] == 2 and result["train_images"] == 1024
+    # Both rates are rounded to 0.1 image/s: under load (one at ~20 image/s) that alone moves
+    # their ratio by up to 0.05/one relative.
     one, many = result["one_process_images_per_sec"], result["n_processes_images_per_sec"]
-    assert one > 0 and many > 0 and result["speedup"] == pytest.approx(many / one, abs=2e-3)
+    assert one > 0 and many > 0 and result["speedup"] == pytest.approx(many / one, rel=0.05 / one + 1e-3)
     for key in ("one_process_test_acc", "n_processes_test_acc"):
         assert 0 <= result[key] <= 1
