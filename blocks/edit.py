@@ -373,7 +373,7 @@ def describe_layer(layer: dict) -> str:
     return f"{layer.get('block')}({inner})" + (f" ×{rep}" if rep != 1 else "")
 
 
-TABLE_HEADERS = ["#", "layer", "output", "params", "FLOPs", "act. mem", "problem"]
+TABLE_HEADERS = ["#", "layer", "output", "params", "FLOPs", "act. mem", "RF (jump)", "problem"]
 
 
 def short(n: float, unit: str = "") -> str:
@@ -385,11 +385,16 @@ def short(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
+def rf_cell(r) -> str:
+    """A summary row's receptive field for the table: '43 (j4)', '91 +global (j4)', 'global'."""
+    return r.rf_text + (f" (j{r.jump})" if r.jump is not None else "")
+
+
 def layer_table(spec: dict) -> tuple[list[list], str]:
     """Rows for the live summary and a one-line status.
 
-    When the spec builds: output shape, parameters, FLOPs and activation memory per layer
-    plus a total row. When it does not: the layers with the problem on the offending row.
+    When the spec builds: output shape, parameters, FLOPs, activation memory and receptive
+    field (size and jump, blocks.receptive) per layer plus a total row. When it does not: the layers with the problem on the offending row.
     """
     from blocks.summary import summarize
     layers = spec.get("layers") if isinstance(spec, dict) else None
@@ -398,7 +403,7 @@ def layer_table(spec: dict) -> tuple[list[list], str]:
     try:
         s = summarize(spec)
     except SpecError as e:
-        rows = [[i, describe_layer(l) if isinstance(l, dict) else str(l)[:60], "", "", "", "",
+        rows = [[i, describe_layer(l) if isinstance(l, dict) else str(l)[:60], "", "", "", "", "",
                  e.problem if e.layer == i else ""] for i, l in enumerate(layers)]
         if e.layer is None:
             return rows, f"⚠ {e}"
@@ -406,9 +411,9 @@ def layer_table(spec: dict) -> tuple[list[list], str]:
     rows = []
     for r, layer in zip(s.layers, layers):
         rows.append([r.index, describe_layer(layer), "×".join(map(str, r.out_shape)),
-                     f"{r.params:,}", short(r.flops), short(r.activation_bytes, "B"), ""])
+                     f"{r.params:,}", short(r.flops), short(r.activation_bytes, "B"), rf_cell(r), ""])
     rows.append(["", "total", "", f"{s.params:,}", short(s.flops),
-                 short(s.activation_bytes, "B"), ""])
+                 short(s.activation_bytes, "B"), "", ""])
     status = (f"✓ {s.name}: input {'×'.join(map(str, s.input))}, {s.classes} classes — "
               f"{short(s.params)} parameters, {short(s.flops)} FLOPs per image")
     return rows, status

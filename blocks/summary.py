@@ -1,6 +1,6 @@
 """Per-layer summary of a spec: output shape, parameters, FLOPs and activation memory.
 
-Everything runs on the meta device, so summarising VGG-11 at 224×224 allocates nothing.
+Receptive fields (size, jump, start) come from blocks.receptive. Everything runs on the meta device, so summarising VGG-11 at 224×224 allocates nothing.
 FLOPs are counted by torch.utils.flop_counter (a multiply-add counts as 2 FLOPs), for one
 image, forward pass only.
 """
@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from blocks.builder import Network, build
+from blocks.receptive import layer_fields
 
 BYTES_PER_ELEMENT = 4  # float32
 
@@ -26,6 +27,19 @@ class LayerSummary:
     params: int
     flops: int
     activation_bytes: int  # every intermediate tensor of the layer, one image, float32
+    receptive_field: int | None = None  # input pixels a unit sees (None: global, no local field)
+    jump: int | float | None = None     # effective stride in input pixels
+    start: int | float | None = None    # centre of the first unit's field, in input pixels
+    rf_global: bool = False             # also sees every input pixel (SE/CBAM gate, global pool)
+    rf_exact: bool = True               # False: an upper bound (transposed conv, adaptive pool)
+
+    @property
+    def rf_text(self) -> str:
+        """'43', '43 +global', 'global', '≤7' (see blocks.receptive.LayerField.text)."""
+        if self.receptive_field is None:
+            return "global" if self.rf_global else "—"
+        return ("" if self.rf_exact else "≤") + str(self.receptive_field) + \
+            (" +global" if self.rf_global else "")
 
 
 @dataclass(frozen=True)
@@ -66,14 +80,16 @@ def summarize(spec_or_net: dict | Network) -> Summary:
     net = build(spec, device="meta").eval()
     x = torch.empty((1, *net.input_shape), device="meta")
     rows = []
+    fields = layer_fields(net)
     with torch.no_grad():
-        for info, layer in zip(net.layer_info, net.layers):
+        for info, layer, rf in zip(net.layer_info, net.layers, fields):
             with FlopCounterMode(display=False) as counter:
                 acts = _leaf_output_elements(layer, x)
             x = layer(x)
             rows.append(LayerSummary(info.index, info.block, info.name, tuple(x.shape[1:]),
                                      sum(p.numel() for p in layer.parameters()),
-                                     int(counter.get_total_flops()), acts * BYTES_PER_ELEMENT))
+                                     int(counter.get_total_flops()), acts * BYTES_PER_ELEMENT,
+                                     **rf.as_dict()))
     return Summary(net.spec["name"], tuple(net.spec["input"]), net.spec["classes"],
                    sum(r.params for r in rows), sum(r.flops for r in rows),
                    sum(r.activation_bytes for r in rows), rows)
@@ -89,11 +105,13 @@ def human(n: float, unit: str = "") -> str:
 
 def format_table(s: Summary) -> str:
     """The summary as a fixed-width text table."""
-    head = f"{'#':>3}  {'block':<20} {'output':<14} {'params':>12} {'FLOPs':>10} {'act. mem':>10}"
+    head = (f"{'#':>3}  {'block':<20} {'output':<14} {'params':>12} {'FLOPs':>10} {'act. mem':>10} "
+            f"{'RF':>12} {'jump':>5}")
     lines = [f"{s.name}: input {'×'.join(map(str, s.input))}, {s.classes} classes", head, "-" * len(head)]
     for r in s.layers:
         lines.append(f"{r.index:>3}  {r.block:<20} {'×'.join(map(str, r.out_shape)):<14} "
-                     f"{r.params:>12,} {human(r.flops):>10} {human(r.activation_bytes, 'B'):>10}")
+                     f"{r.params:>12,} {human(r.flops):>10} {human(r.activation_bytes, 'B'):>10} "
+                     f"{r.rf_text:>12} {'' if r.jump is None else r.jump:>5}")
     lines.append("-" * len(head))
     lines.append(f"{'total':<39} {s.params:>12,} {human(s.flops):>10} {human(s.activation_bytes, 'B'):>10}")
     return "\n".join(lines)
