@@ -56,8 +56,34 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun on GPUs: BatchNorm statistics over all processes")
     p.add_argument("--out", default="runs", metavar="DIR", help="where runs are saved (default runs/)")
+    p.add_argument("--watch", choices=("gradcam", "cbam", "se", "features", "ghost"), metavar="VIEW",
+                   help="record this view (gradcam, cbam, se, features, ghost) of one test image at "
+                        "every epoch end, on a copy of the weights; saved in the run's metrics")
+    p.add_argument("--watch-index", type=int, default=0, metavar="N", help="the test image to watch")
+    p.add_argument("--watch-layer", metavar="NAME", help="the layer to watch (default: the view's own)")
     p.add_argument("--json", action="store_true", help="print one JSON object per event")
     p.set_defaults(func=run)
+
+
+def make_watcher(args: argparse.Namespace, ds, model):
+    """A Watcher of `--watch` for test image `--watch-index` (lab/watch.py, visual/watch.py)."""
+    from lab.watch import Watcher
+    from visual.watch import watch_snapshot, watch_views
+    if not 0 <= args.watch_index < len(ds.test_y):
+        raise UsageError(f"--watch-index must be from 0 to {len(ds.test_y) - 1} (the test images), "
+                         f"got {args.watch_index}")
+    if args.watch not in watch_views(model):
+        raise UsageError(f"this network has no {args.watch} view to watch; it offers "
+                         f"{', '.join(watch_views(model))}")
+    x = ds.normalize(ds.test_x[args.watch_index:args.watch_index + 1])
+    target = int(ds.test_y[args.watch_index])
+
+    def compute(twin):
+        return watch_snapshot(twin, x.to(next(twin.parameters()).device), args.watch,
+                              args.watch_layer, target)
+    import copy
+    compute(copy.deepcopy(model).eval())    # a wrong layer name fails now, not after an epoch
+    return Watcher(compute, index=args.watch_index)
 
 
 def _settings(args: argparse.Namespace) -> TrainSettings:
@@ -244,6 +270,7 @@ def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
             trainer = Trainer(spec, settings, ds, dist=dist)
         except TrainingError as e:
             raise UsageError(str(e)) from None
+        watcher = make_watcher(args, ds, trainer.model) if args.watch and main else None
     display = _Display(args.json) if main else _Silent()
     end: dict = {}
     try:
@@ -252,6 +279,10 @@ def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
                 display.event(event)
                 if event["type"] == "end":
                     end = event
+                snap = watcher.on_event(event, trainer) if watcher is not None else None
+                if snap is not None:
+                    trainer.history.append(snap)    # saved with the run's events
+                    display.event(snap)
     finally:
         if display.bar is not None:
             display.bar.close()
