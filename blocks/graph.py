@@ -203,6 +203,10 @@ def block_graph(module: nn.Module, in_shape: Shape, traced: Traced | None = None
         if (a, b) not in seen_edges:
             seen_edges.add((a, b))
             edges.append(Edge(a, b, label))
+        elif label:  # a second path between the same nodes (CBAM's mean and max): one edge
+            e = next(e for e in edges if (e.src, e.dst) == (a, b))
+            if label not in e.label.split(", "):
+                e.label = f"{e.label}, {label}" if e.label else label
 
     def sources(n: fx.Node) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []

@@ -12,7 +12,9 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from blocks.builder import Network, build
+import torch.nn.functional as F
+
+from blocks.builder import Network, _ShapeOnly, build
 from blocks.receptive import layer_fields
 
 BYTES_PER_ELEMENT = 4  # float32
@@ -56,7 +58,19 @@ class Summary:
         return asdict(self)
 
 
-def _leaf_output_elements(module: nn.Module, x: torch.Tensor) -> int:
+class _ElementwiseShapeOnly(_ShapeOnly):
+    """The builder's shape shortcut for element-wise ops, norms and reductions, none of which
+    FlopCounterMode counts; linear layers go through so that their FLOPs are counted."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.linear:
+            kwargs = kwargs or {}
+            return func(*args, **kwargs)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def _run_counting(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One forward: the output and the elements of every leaf module's output."""
     total = 0
 
     def hook(_m, _i, out):
@@ -67,11 +81,11 @@ def _leaf_output_elements(module: nn.Module, x: torch.Tensor) -> int:
     leaves = [m for m in module.modules() if not list(m.children())] or [module]
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
-        module(x)
+        y = module(x)
     finally:
         for h in handles:
             h.remove()
-    return total
+    return y, total
 
 
 def summarize(spec_or_net: dict | Network) -> Summary:
@@ -83,9 +97,8 @@ def summarize(spec_or_net: dict | Network) -> Summary:
     fields = layer_fields(net)
     with torch.no_grad():
         for info, layer, rf in zip(net.layer_info, net.layers, fields):
-            with FlopCounterMode(display=False) as counter:
-                acts = _leaf_output_elements(layer, x)
-            x = layer(x)
+            with FlopCounterMode(display=False) as counter, _ElementwiseShapeOnly():
+                x, acts = _run_counting(layer, x)
             rows.append(LayerSummary(info.index, info.block, info.name, tuple(x.shape[1:]),
                                      sum(p.numel() for p in layer.parameters()),
                                      int(counter.get_total_flops()), acts * BYTES_PER_ELEMENT,

@@ -236,3 +236,4 @@ def format_result(result: dict) -> str:
 import lab.bench.inspect  # noqa: E402,F401  (registers the inspection cases)
 import lab.bench.distributed  # noqa: E402,F401  (registers the torchrun case)
 import lab.bench.watch  # noqa: E402,F401  (registers the watching case)
+import lab.bench.diagram  # noqa: E402,F401  (registers the network-diagram case)

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("blocks", "presets", "summary", "train", "bench", "inspect", "export", "cost", "ablate",
+COMMANDS = ("blocks", "presets", "summary", "diagram", "train", "bench", "inspect", "export", "cost", "ablate",
             "predict")
 
 
