@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
+import types
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,52 +141,140 @@ def _state_dict_of(obj: Any, name: str) -> dict[str, torch.Tensor]:
 
 
 def load_source(preset_name: str, source: str | Path) -> dict[str, torch.Tensor]:
-    """The state_dict `source` names ("imagenet" or a file path), in module order."""
-    if str(source).strip().lower() == IMAGENET:
-        return in_module_order(preset_name, download_imagenet(preset_name))
-    return in_module_order(preset_name, read_weights_file(source))
+    """The state_dict `source` names: "imagenet" (torchvision's download) or a file path."""
+    if is_imagenet(source):
+        return download_imagenet(preset_name)
+    return read_weights_file(source)
 
 
-def in_module_order(preset_name: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`state` with torchvision's names put in the order torchvision's own model lists them.
-    A .pth keeps the order it was saved in, but a .safetensors file stores its tensors sorted
-    by dtype and name, which loses the module order the structural mapping relies on. Names
-    the reference model does not have keep their place after the ones it has."""
+def is_imagenet(source: str | Path) -> bool:
+    return str(source).strip().lower() == IMAGENET
+
+
+def in_module_order(state: dict[str, torch.Tensor], *orders: list[str]) -> tuple[dict[str, torch.Tensor], int]:
+    """`state` re-ordered by whichever reference name list (`orders`: torchvision's model,
+    our network) knows most of its names, and that list's index (-1: none knew any). A .pth
+    keeps the order it was saved in, but a .safetensors file stores its tensors sorted by
+    dtype and name, which loses the module order the structural mapping relies on. Names the
+    reference does not have keep their place after the ones it has."""
+    overlap = [sum(1 for k in order if k in state) for order in orders]
+    if not overlap or max(overlap) == 0:
+        return state, -1
+    best = overlap.index(max(overlap))
+    known = [k for k in orders[best] if k in state]
+    seen = set(known)
+    return {**{k: state[k] for k in known}, **{k: v for k, v in state.items() if k not in seen}}, best
+
+
+def _torchvision_keys(tv_name: str | None) -> list[str]:
+    if not tv_name:
+        return []
     import torchvision
     with torch.device("meta"):
-        ref = torchvision.models.get_model(torchvision_name(preset_name), weights=None)
-    order = [k for k in ref.state_dict() if k in state]
-    return {**{k: state[k] for k in order}, **{k: v for k, v in state.items() if k not in order}}
+        return list(torchvision.models.get_model(tv_name, weights=None).state_dict())
+
+
+def load_into(model: torch.nn.Module, source: str | Path, replace_head: bool = False,
+              preset_name: str | None = None) -> tuple[LoadReport, Any, bool]:
+    """Load `source` into a built preset `model` by structure: (report, the torchvision
+    Weights entry of the preset or None, whether the tensors are torchvision's — then its
+    preprocessing applies). `source` is "imagenet", a torchvision file, or a file saved from
+    a network of the same structure (a run's weights.safetensors). Raises WeightsError."""
+    import presets
+    name = preset_name or getattr(model, "spec", {}).get("name", "")
+    try:
+        preset = presets.get_preset(name)
+    except ValueError:
+        preset = None
+    if preset is None or not preset.torchvision:
+        if is_imagenet(source):
+            torchvision_name(name)               # raises the "has no pretrained weights" line
+        tv_name = None
+    else:
+        tv_name = preset.torchvision
+    state = load_source(name, source)
+    state, which = in_module_order(state, _torchvision_keys(tv_name), list(model.state_dict()))
+    from_torchvision = is_imagenet(source) or (tv_name is not None and which == 0)
+    entry = weights_entry(name, None if is_imagenet(source) else source) if tv_name else None
+    spec = getattr(model, "spec", None) or {}
+    shape = tuple(spec.get("input") or ())
+    label = f"{name or 'the network'}" + (f" at {'×'.join(map(str, shape))}" if shape else "")
+    try:
+        report = load_by_structure(model, state, replace_head=replace_head, label=label)
+    except WeightsMismatch as e:
+        hint = ""
+        if from_torchvision and preset is not None:
+            if shape and preset.small_layers is not None and min(shape[1:]) < preset.small_below:
+                hint = (f"; ImageNet weights need the paper's layers: an input of at least "
+                        f"{preset.small_below}×{preset.small_below}")
+            elif spec.get("width", 1.0) != 1.0:
+                hint = "; ImageNet weights need width 1"
+        raise WeightsError(f"{e}{hint}") from None
+    return report, entry, from_torchvision
 
 
 def pretrained(preset_name: str, source: str | Path, input_shape: Any = None, classes: int | None = None,
                replace_head: bool | None = None, width: float = 1.0) -> Pretrained:
-    """A preset with weights from `source` ("imagenet" or a file). With `classes` other than
-    the weights' 1,000 the classifier is new (transfer learning). Raises WeightsError."""
+    """A preset with weights from `source` ("imagenet" or a file), in eval mode. With `classes`
+    other than the weights' 1,000 the classifier is new (transfer learning). Raises WeightsError."""
     import presets
     name = presets.get_preset(preset_name).name
-    entry = weights_entry(name, None if str(source).lower() == IMAGENET else source)
+    entry = weights_entry(name, None if is_imagenet(source) else source)
     categories = list(entry.meta["categories"])
     n = len(categories) if classes is None else int(classes)
     replace = (n != len(categories)) if replace_head is None else replace_head
     shape = tuple(input_shape) if input_shape is not None else (3, 224, 224)
-    p = presets.get_preset(name)
-    if min(shape[1], shape[2]) < p.small_below and p.small_layers is not None:
-        raise WeightsError(f"pretrained {name} needs its paper layers: an input of at least "
-                           f"{p.small_below}×{p.small_below} (got {shape[1]}×{shape[2]})")
-    if width != 1.0:
-        raise WeightsError(f"pretrained weights need width 1 (got {width})")
-    spec = presets.load_preset(name, shape, n, 1.0)
-    state = load_source(name, source)
+    spec = presets.load_preset(name, shape, n, width)
     model = build(spec)
-    label = f"{name} at {shape[0]}×{shape[1]}×{shape[2]}"
-    try:
-        report = load_by_structure(model, state, replace_head=replace, label=label)
-    except WeightsMismatch as e:
-        raise WeightsError(str(e)) from None
+    report, entry, _ = load_into(model, source, replace, name)
     model.eval()
-    return Pretrained(model, spec, IMAGENET if str(source).lower() == IMAGENET else str(source),
+    return Pretrained(model, spec, IMAGENET if is_imagenet(source) else str(source),
                       entry, report, categories if not replace else [str(i) for i in range(n)])
+
+
+# --- fine-tuning -----------------------------------------------------------------------------
+
+FREEZE = ("none", "backbone")
+
+
+def _eval_only(self: torch.nn.Module, mode: bool = True) -> torch.nn.Module:
+    """`train()` of a frozen BatchNorm: it stays in eval mode, its statistics fixed."""
+    return torch.nn.Module.train(self, False)
+
+
+def freeze_backbone(model: torch.nn.Module, report: LoadReport) -> int:
+    """Train only what the weights did not provide (the new head, SE/CBAM modules, CoordConv's
+    coordinate channels): every loaded parameter stops requiring grad and every BatchNorm
+    whose parameters are all loaded keeps its running statistics (stays in eval mode even
+    under model.train()). Returns the number of trainable parameters left."""
+    frozen = set(report.loaded) - set(report.widened)
+    for name, param in model.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            if all(f"{name}.{k}" in frozen for k, _ in m.named_parameters(recurse=False)):
+                m.train = types.MethodType(_eval_only, m)
+                m.eval()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def start_from(model: torch.nn.Module, source: str | Path, freeze: str = "none") -> dict:
+    """Fine-tuning's start: `source`'s weights into a built preset with a new classifier,
+    frozen as `freeze` says. Returns what a run records: where the weights came from, what
+    loaded and what is new, and the normalisation (mean/std) they expect when they are
+    torchvision's (else None: the data set's own statistics)."""
+    if freeze not in FREEZE:
+        raise WeightsError(f"freeze must be one of {', '.join(FREEZE)}, got '{freeze}'")
+    report, entry, from_tv = load_into(model, source, replace_head=True)
+    trainable = (freeze_backbone(model, report) if freeze == "backbone"
+                 else sum(p.numel() for p in model.parameters()))
+    t = entry.transforms() if (entry is not None and from_tv) else None
+    return {"source": IMAGENET if is_imagenet(source) else str(source),
+            "weights_name": str(entry) if (entry is not None and from_tv) else None,
+            "loaded": len(report.loaded), "new": len(report.new), "summary": report.summary(),
+            "freeze": freeze, "trainable_params": int(trainable),
+            "mean": list(t.mean) if t else None, "std": list(t.std) if t else None}
 
 
 # --- photos ----------------------------------------------------------------------------------

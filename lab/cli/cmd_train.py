@@ -51,6 +51,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="X")
     p.add_argument("--augment", action="store_true", help="random flips and pad-and-crop")
     p.add_argument("--width", type=float, metavar="W", help="channel width multiplier")
+    p.add_argument("--input", metavar="CxHxW",
+                   help="resize the data set's images to this square size, e.g. 3x128x128")
+    p.add_argument("--weights", metavar="FILE|imagenet",
+                   help="fine-tune: start from 'imagenet' (torchvision's weights for the preset) or a "
+                        ".pth / .safetensors file; the classifier is new, images take the weights' "
+                        "normalisation")
+    p.add_argument("--freeze", choices=("none", "backbone"), default=d.freeze,
+                   help="with --weights: 'backbone' trains only the new tensors (classifier, SE/CBAM); "
+                        "frozen BatchNorm keeps its statistics")
     p.add_argument("--device", choices=DEVICES, default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--sync-bn", action="store_true",
@@ -92,7 +101,19 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
                          momentum=args.momentum, weight_decay=args.weight_decay,
                          schedule=args.schedule, label_smoothing=args.label_smoothing,
                          augment=args.augment, device=args.device, seed=args.seed,
-                         width=args.width, sync_bn=args.sync_bn)
+                         width=args.width, sync_bn=args.sync_bn, weights=args.weights,
+                         freeze=args.freeze)
+
+
+def _image_size(args: argparse.Namespace) -> int | None:
+    """The square side --input asks for (None: the data set's own size)."""
+    if args.input is None:
+        return None
+    from lab.cli.cmd_summary import parse_shape
+    c, h, w = parse_shape(args.input)
+    if h != w:
+        raise UsageError(f"--input must be square (the images are resized to one side), got {args.input}")
+    return h
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -214,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
         settings = _settings(args)                  # ValueError -> one line, exit 2
         _positive("--train-size", args.train_size)
         _positive("--test-size", args.test_size)
+        _image_size(args)
         spec = read_spec_file(args.spec) if args.spec else None
         if args.preset:
             get_preset(args.preset)                 # unknown names fail before data loads
@@ -252,7 +274,7 @@ def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
 
     def load():
         return load_dataset(args.dataset, args.data_root, seed=args.seed,
-                            download=not args.no_download,
+                            download=not args.no_download, image_size=_image_size(args),
                             train_size=args.train_size, test_size=args.test_size)
     if dist is None:
         ds = load()
@@ -271,6 +293,10 @@ def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
         except TrainingError as e:
             raise UsageError(str(e)) from None
         watcher = make_watcher(args, ds, trainer.model) if args.watch and main else None
+    if main and trainer.start_weights and not args.json:
+        w = trainer.start_weights
+        print(f"weights from {w['source']}: {w['summary']}; {w['trainable_params']:,} parameters to train"
+              + (" (backbone frozen)" if w["freeze"] == "backbone" else ""), flush=True)
     display = _Display(args.json) if main else _Silent()
     end: dict = {}
     try:

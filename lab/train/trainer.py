@@ -25,6 +25,7 @@ code running after it sees the settings it had before.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 import time
@@ -79,6 +80,10 @@ class TrainSettings:
     seed: int = 0
     width: float | None = None       # overrides the spec's width when set
     sync_bn: bool = False            # torchrun on GPUs: BatchNorm statistics over all processes
+    # Fine-tuning (lab/pretrained.py): start from "imagenet" or a weights file mapped onto the
+    # preset by structure, with a new classifier; "backbone" trains only the new tensors.
+    weights: str | None = None
+    freeze: str = "none"             # none | backbone
     report_interval: float = 0.25    # seconds between step events
 
     def __post_init__(self) -> None:
@@ -130,6 +135,11 @@ def _settings_problem(s: TrainSettings) -> str:
         (_is_int(s.seed) and 0 <= s.seed < 2**63, f"seed must be a whole number >= 0, got {s.seed!r}"),
         (s.width is None or (_is_num(s.width) and 0 < s.width <= 4),
          f"width must be a number in (0, 4], got {s.width!r}"),
+        (s.weights is None or (isinstance(s.weights, str) and s.weights.strip() != ""),
+         "weights must be 'imagenet' or a file path"),
+        (s.freeze in ("none", "backbone"), f"freeze must be none or backbone, got {s.freeze!r}"),
+        (s.freeze == "none" or s.weights is not None,
+         "freeze backbone needs starting weights (imagenet or a file) to keep"),
         (_is_num(s.report_interval) and s.report_interval >= 0,
          f"report interval must be a number of seconds >= 0, got {s.report_interval!r}"),
     ]
@@ -318,6 +328,16 @@ class Trainer:
         torch.manual_seed(settings.seed)    # the same initialisation in every process
         self.model: blocks.Network = blocks.build(spec, device=self.device)
         self.spec = self.model.spec
+        self.start_weights: dict | None = None
+        if settings.weights is not None:
+            from lab.pretrained import start_from
+            try:
+                self.start_weights = start_from(self.model, settings.weights, settings.freeze)
+            except ValueError as e:
+                raise TrainingError(str(e)) from None
+            if self.start_weights["mean"]:    # torchvision's weights expect its normalisation
+                self.dataset = dataset = dataclasses.replace(
+                    dataset, mean=tuple(self.start_weights["mean"]), std=tuple(self.start_weights["std"]))
         self.max_device_bytes = MAX_DEVICE_BYTES if max_device_bytes is None else max_device_bytes
         self.history: list[dict] = []
         self._stop = threading.Event()
@@ -432,7 +452,8 @@ class Trainer:
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
             "train_size": len(ds.train_y), "test_size": len(ds.test_y),
             "classes": list(ds.classes), "data_on_device": on_device,
-            "processes": world, "batch_per_process": s.batch_size // world})
+            "processes": world, "batch_per_process": s.batch_size // world,
+            "start_weights": self.start_weights})
 
         b, spe = s.batch_size // world, self.steps_per_epoch     # b: this process's share
         interval = s.report_interval
