@@ -8,6 +8,7 @@ update BatchNorm statistics. visual/ never trains and never imports lab/.
 from visual.attention import attention_weights, cbam_view, se_class_view, se_view
 from visual.attributions import METHODS, attribution_maps, attribution_view, predict, top_probabilities
 from visual.curves import curves_figure
+from visual.erf import erf_view, gridding_demo
 from visual.features import feature_grid
 from visual.ghost import (cosine_similarity_matrix, ghost_parts, ghost_view, redundancy_by_layer,
                           redundancy_score, redundancy_view)
@@ -21,7 +22,8 @@ from visual.view import View
 __all__ = [
     "DEFAULT_METHODS", "LayerChoice", "METHODS", "QUALITY_METHODS", "View", "all_hooks_removed",
     "area_share", "attention_quality", "attention_weights", "attribution_maps", "attribution_view",
-    "cbam_view", "confusion_view", "cosine_similarity_matrix", "curves_figure", "energy_in_mask",
+    "cbam_view", "confusion_view", "cosine_similarity_matrix", "curves_figure", "energy_in_mask", "erf_view",
+    "gridding_demo",
     "feature_grid", "ghost_parts", "ghost_view", "inspection_mode", "layer_choices", "params_flops_view",
     "pointing_game", "predict", "redundancy_by_layer", "redundancy_score", "redundancy_view",
     "resolve_layer", "reused_modules", "se_class_view", "se_view", "stack_diagram", "top_probabilities",
