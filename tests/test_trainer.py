@@ -176,10 +176,15 @@ def test_stop_after_second_step_keeps_the_trained_model(digits, tmp_path):
             if seen == 2:
                 trainer.stop()
     end = trainer.history[-1]
-    assert [e["type"] for e in trainer.history] == ["start", "step", "step", "end"]
+    assert [e["type"] for e in trainer.history] == ["start", "step", "step", "eval", "end"]
     assert end["status"] == "stopped" and end["epochs"] == pytest.approx(2 / 8)
     assert "2 of 24 steps" in end["message"]
     assert 0 <= end["test_acc"] <= 1 and end["best_test_acc"] == end["test_acc"]
+    # The final evaluation is an event: the same numbers as the end event, at its epoch.
+    final = trainer.history[-2]
+    assert final["step"] == 2 and final["epoch"] == end["epochs"]
+    assert final["test_acc"] == end["test_acc"] and math.isfinite(final["test_loss"])
+    assert 0 <= final["train_acc"] <= 1 and math.isfinite(final["train_loss"])
     changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, initial[k])]
     assert any(k.endswith("weight") for k in changed)
 
@@ -203,19 +208,26 @@ def test_stop_between_reports_keeps_the_unreported_losses(digits):
 
     trainer.model.forward = forward_then_stop
     events = list(trainer.run())
-    assert [e["type"] for e in events] == ["start", "end"]
+    assert [e["type"] for e in events] == ["start", "eval", "end"]
     end = events[-1]
     assert end["status"] == "stopped" and end["epochs"] == pytest.approx(3 / 8)
     assert math.isfinite(end["train_loss"]) and end["images_per_sec"] > 0
-    assert calls == 3 + 1           # three training batches, then one test batch of 2 × 32
+    assert events[1]["step"] == 3 and events[1]["train_loss"] == pytest.approx(end["train_loss"])
+    # Three training batches, PreciseBN's pass over the epoch's 8 batches, one test batch of 2 × 32.
+    assert calls == 3 + 8 + 1
 
 
 def test_stop_before_run_trains_nothing(digits):
     trainer = Trainer(TINY, _settings(), digits)
     trainer.stop()
+    initial = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     events = list(trainer.run())
-    assert [e["type"] for e in events] == ["start", "end"]
+    assert [e["type"] for e in events] == ["start", "eval", "end"]
     assert events[-1]["status"] == "stopped" and events[-1]["epochs"] == 0
+    assert events[1]["epoch"] == 0 and events[1]["train_loss"] is None
+    assert events[1]["test_acc"] == events[-1]["test_acc"]
+    # Nothing trained: not even the BatchNorm statistics were recomputed.
+    assert all(torch.equal(v, initial[k]) for k, v in trainer.model.state_dict().items())
 
 
 def test_huge_learning_rate_diverges_and_names_the_step(digits):

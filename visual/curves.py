@@ -1,7 +1,9 @@
 """Training curves from trainer event records: loss | accuracy by epoch, runs overlaid.
 
 Step events carry a fractional `epoch` (step / steps per epoch) and are drawn as a thin
-line; epoch events (1-based `epoch`) give train/test loss and accuracy. Each run has its own
+line; epoch events (1-based `epoch`) give train/test loss and accuracy, and so does the
+"eval" event of a run stopped inside an epoch (its final evaluation, at a fractional epoch,
+drawn as one more point of those series). Each run has its own
 colour and its own legend group (titled with the run's name); within a run the series differ
 by line and marker — train: solid line, filled circles; test: dashed line, open diamonds —
 so train and test stay apart even when they coincide after one epoch.
@@ -37,7 +39,7 @@ def _thin(points: list, limit: int) -> list:
 def _series(events: list[dict]) -> dict:
     steps = [(e["epoch"], e["loss"]) for e in events
              if e.get("type") == "step" and e.get("loss") is not None and e.get("epoch") is not None]
-    epochs = [e for e in events if e.get("type") == "epoch"]
+    epochs = [e for e in events if e.get("type") in ("epoch", "eval")]
     out = {"step_epoch": [], "step_loss": []}
     for x, y in _thin(steps, MAX_STEP_POINTS):
         out["step_epoch"].append(round(float(x), 4))

@@ -194,6 +194,11 @@ class _Display:
                 self.say(f"epoch {e['epoch']}: train loss {_num(e['train_loss'])} acc "
                          f"{_pct(e['train_acc'])} | test loss {_num(e['test_loss'])} acc "
                          f"{_pct(e['test_acc'])} | {_num(e['images_per_sec'], ',.0f')} img/s")
+        elif kind == "eval":           # the final evaluation of a run stopped mid-epoch
+            self.test_acc = e["test_acc"]
+            if not self.as_json:
+                self.say(f"stopped at epoch {e['epoch']:g}: train loss {_num(e['train_loss'])} | "
+                         f"test loss {_num(e['test_loss'])} acc {_pct(e['test_acc'])}")
         elif kind == "end" and self.bar is not None:
             self.bar.close()
             self.bar = None

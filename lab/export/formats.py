@@ -131,12 +131,15 @@ def _cell(value: Any) -> Any:
 
 
 def export_metrics_csv(events: list[dict], path: str | os.PathLike, kind: str = "epoch") -> Path:
-    """The metrics as CSV: one row per "epoch" event (default: EPOCH_COLUMNS, then any other
-    keys those events carry), or with kind="step" one row per "step" event (STEP_COLUMNS
-    first). "start" and "end" events are summaries, not rows. Missing values are empty."""
+    """The metrics as CSV: one row per evaluation — each "epoch" event and the "eval" event
+    of a run stopped inside an epoch (its `epoch` is a fraction) — with EPOCH_COLUMNS, then
+    any other keys those events carry; or with kind="step" one row per "step" event
+    (STEP_COLUMNS first). "start" and "end" events are summaries, not rows. Missing values
+    are empty."""
     if kind not in ("epoch", "step"):
         raise ValueError(f"kind must be 'epoch' or 'step', got {kind!r}")
-    rows = [e for e in events if isinstance(e, dict) and e.get("type") == kind]
+    types = ("epoch", "eval") if kind == "epoch" else ("step",)
+    rows = [e for e in events if isinstance(e, dict) and e.get("type") in types]
     columns = list(EPOCH_COLUMNS if kind == "epoch" else STEP_COLUMNS)
     for row in rows:
         columns += [k for k in row if k not in columns and k != "type"]

@@ -154,7 +154,7 @@ class RunRecord:
 
     @property
     def best_test_acc(self) -> float | None:
-        accs = [e["test_acc"] for e in self.events if e.get("type") == "epoch"
+        accs = [e["test_acc"] for e in self.events if e.get("type") in EVALUATIONS
                 and e.get("test_acc") is not None]
         end = self.end.get("test_acc")
         if end is not None:
@@ -188,6 +188,21 @@ class TrainUpdate:
     warning: str = ""             # something the user should hear about (run not saved)
 
 
+EVALUATIONS = ("epoch", "eval")   # event types that carry a test accuracy
+
+
+def last_evaluation(events: list[dict]) -> dict | None:
+    """The latest evaluation: an "epoch" event, or the "eval" event of a run stopped inside
+    an epoch — the one source of a run's test accuracy for every text the app shows."""
+    return next((e for e in reversed(events) if e.get("type") in EVALUATIONS), None)
+
+
+def final_test_acc(events: list[dict]) -> float | None:
+    """The run's test accuracy: that of its latest evaluation (None before the first)."""
+    last = last_evaluation(events)
+    return None if last is None else last.get("test_acc")
+
+
 def _clock(seconds: float | None) -> str:
     if seconds is None:
         return "–"
@@ -201,10 +216,12 @@ def progress_text(events: list[dict], epochs: int) -> tuple[float, str]:
     if start is None:
         return 0.0, "loading data and building the network…"
     step = next((e for e in reversed(events) if e.get("type") == "step"), None)
-    epoch = next((e for e in reversed(events) if e.get("type") == "epoch"), None)
     end = next((e for e in reversed(events) if e.get("type") == "end"), None)
     total = start.get("total_steps", 1)
     done_steps = step["step"] if step else 0
+    last = last_evaluation(events)
+    if last is not None and last.get("type") == "eval":     # stopped between two reports
+        done_steps = max(done_steps, last.get("step", 0))
     frac = 1.0 if end and end.get("status") == "completed" else done_steps / max(1, total)
     parts = [f"{start.get('device_name', '')}"]
     cur_epoch = min(epochs, int(done_steps // max(1, start.get("steps_per_epoch", 1))) + 1)
@@ -212,8 +229,9 @@ def progress_text(events: list[dict], epochs: int) -> tuple[float, str]:
     if step:
         parts.append(f"{step['images_per_sec']:,.0f} images/s · ETA {_clock(step.get('eta_s'))}")
         parts.append(f"loss {step['loss']:.4f}")
-    if epoch and epoch.get("test_acc") is not None:
-        parts.append(f"test acc {100 * epoch['test_acc']:.1f}%")
+    acc = final_test_acc(events)
+    if acc is not None:
+        parts.append(f"test acc {100 * acc:.1f}%")
     return frac, " · ".join(p for p in parts if p)
 
 
@@ -507,7 +525,7 @@ class Session:
         frac, text = progress_text(events, job.epochs)
         if job.run_id is not None:
             status = end.get("status", "completed")
-            acc = end.get("test_acc")
+            acc = final_test_acc(events)
             acc_text = "" if acc is None else f", test accuracy {100 * acc:.1f}%"
             msg = f"{job.run_id} {status}: {end.get('message', '')}{acc_text}"
             warning = job.save_error or ""

@@ -40,6 +40,7 @@ from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 import blocks
 from blocks.summary import summarize
 from lab.train.device import DEVICES, choose_device, device_name, synchronize, usable_cpus
+from lab.train.precise_bn import batch_norms, recompute_bn_stats
 
 if TYPE_CHECKING:
     from lab.datasets import Dataset
@@ -52,6 +53,7 @@ MAX_DEVICE_BYTES = 1_500_000_000
 ONECYCLE_WARMUP = 0.25      # fraction of the steps spent warming up
 ONECYCLE_START = 1 / 25     # the warm-up starts at this fraction of lr (as torch's OneCycleLR)
 DROPOUT_SEED_OFFSET = 0x5EED  # run() seeds the global generator with seed + this (+ rank)
+PRECISE_BN_IMAGES = 1024    # default: training images PreciseBN averages over
 
 
 class TrainingError(RuntimeError):
@@ -84,6 +86,9 @@ class TrainSettings:
     # preset by structure, with a new classifier; "backbone" trains only the new tensors.
     weights: str | None = None
     freeze: str = "none"             # none | backbone
+    # Before every evaluation, BatchNorm statistics are recomputed over up to this many
+    # training images with the weights fixed (PreciseBN, lab/train/precise_bn.py); 0: off.
+    precise_bn: int = PRECISE_BN_IMAGES
     report_interval: float = 0.25    # seconds between step events
 
     def __post_init__(self) -> None:
@@ -130,6 +135,8 @@ def _settings_problem(s: TrainSettings) -> str:
          f"label smoothing must be in [0, 1), got {s.label_smoothing!r}"),
         (isinstance(s.augment, bool), f"augment must be true or false, got {s.augment!r}"),
         (isinstance(s.sync_bn, bool), f"sync_bn must be true or false, got {s.sync_bn!r}"),
+        (_is_int(s.precise_bn) and 0 <= s.precise_bn <= 1_000_000,
+         f"precise_bn must be a whole number of images from 0 to 1000000, got {s.precise_bn!r}"),
         (isinstance(s.device, str) and s.device.split(":", 1)[0] in DEVICES,
          f"device must be one of {', '.join(DEVICES)}, got {s.device!r}"),
         (_is_int(s.seed) and 0 <= s.seed < 2**63, f"seed must be a whole number >= 0, got {s.seed!r}"),
@@ -340,6 +347,7 @@ class Trainer:
                     dataset, mean=tuple(self.start_weights["mean"]), std=tuple(self.start_weights["std"]))
         self.max_device_bytes = MAX_DEVICE_BYTES if max_device_bytes is None else max_device_bytes
         self.history: list[dict] = []
+        self.precise_bn_s = 0.0     # seconds spent recomputing BatchNorm statistics
         self._stop = threading.Event()
         self._started = False
         n = len(dataset.train_y)
@@ -461,6 +469,7 @@ class Trainer:
         report_in = 1       # under torchrun: steps to the next report (first after one step)
         groups = optimizer.param_groups
         step = 0
+        epoch_losses, correct, seen = [], None, 0     # of the epoch in progress
         model.train()
         for epoch in range(1, s.epochs + 1):
             if halt if dist else self._stop.is_set():
@@ -476,7 +485,7 @@ class Trainer:
             if dist:
                 order = dist.shard(order)
             correct = torch.zeros((), dtype=torch.long, device=dev)
-            epoch_losses: list[float] = []
+            epoch_losses = []
             pending: list[torch.Tensor] = []        # per-step losses not yet read back
             t_epoch = t_report = time.perf_counter()
             images_report = 0
@@ -564,6 +573,7 @@ class Trainer:
                 return
             if epoch_steps < spe:        # stopped inside the epoch
                 break
+            self._precise_bn(train, order, b, autocast, channels_last)
             test_loss, test_acc = self._evaluate(test, autocast, channels_last)
             p["test_acc"], p["best"] = test_acc, _best(p["best"], test_acc)
             p["evaluated_at"] = step
@@ -578,8 +588,19 @@ class Trainer:
             yield self._emit(self._end_event("completed", f"trained {s.epochs} epoch(s)"))
             return
         if p.get("evaluated_at") != step:
-            _, p["test_acc"] = self._evaluate(test, autocast, channels_last)
-            p["best"] = _best(p["best"], p["test_acc"])
+            # Stopped inside an epoch: the final evaluation is an event like an epoch's, so
+            # the curves, the CSV and the end event all tell the same numbers.
+            if step:
+                self._precise_bn(train, order, b, autocast, channels_last)
+            test_loss, test_acc = self._evaluate(test, autocast, channels_last)
+            p["test_acc"], p["best"] = test_acc, _best(p["best"], test_acc)
+            yield self._emit({
+                "type": "eval", "step": step, "epoch": round(step / spe, 4),
+                "train_loss": _finite(sum(epoch_losses) / len(epoch_losses)) if epoch_losses else None,
+                "train_acc": correct.item() / seen if seen else None,
+                "test_loss": _finite(test_loss), "test_acc": _finite(test_acc),
+                "elapsed_s": round(time.perf_counter() - p["t0"], 3),
+                "lr": lrs[step - 1] if step else None})
         yield self._emit(self._end_event(
             "stopped", f"stopped after {step} of {self.total_steps} steps "
                        f"({step / spe:.2f} epochs)"))
@@ -592,6 +613,38 @@ class Trainer:
         packed = self.dist.sum(torch.cat([torch.stack(losses).float(), extra]))
         *values, stops, step_time = packed.tolist()
         return [v / self.world for v in values], stops > 0, step_time / self.world
+
+    def _precise_bn(self, train: _Feed, order: torch.Tensor, batch: int, autocast,
+                    channels_last: bool) -> None:
+        """Recompute the BatchNorm statistics over up to `settings.precise_bn` training
+        images (the first of this epoch's order, in training batches, unaugmented) with the
+        weights fixed; under torchrun each process uses its shard and the statistics are
+        averaged over processes. Adds its seconds to `self.precise_bn_s`."""
+        limit = self.settings.precise_bn // self.world
+        if limit <= 0 or not any(m.training for m in batch_norms(self.model)):
+            return      # none, or all frozen (fine-tuning keeps their statistics)
+        t0 = time.perf_counter()
+        # Whole batches only: a last batch of a few images would give noisy variances.
+        n = min(len(order), max(batch, limit // batch * batch))
+
+        def inputs() -> Iterator[torch.Tensor]:
+            for xb, _ in train.batches(order[:n], batch):
+                x = self._normalize(xb)
+                yield x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+        # Dropout draws in the pass must not shift the training's masks: a run with PreciseBN
+        # trains the same weights as one without; only the statistics differ.
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), autocast():
+            recompute_bn_stats(self.model, inputs())
+        if self.dist:
+            for m in batch_norms(self.model):
+                if not m.training:
+                    continue
+                for buffer in (m.running_mean, m.running_var):
+                    buffer.copy_(self.dist.sum(buffer.clone()) / self.world)
+        synchronize(self.device)
+        self.precise_bn_s += time.perf_counter() - t0
 
     def _evaluate(self, test: _Feed, autocast, channels_last: bool) -> tuple[float | None, float | None]:
         """(mean loss, accuracy) on the test set: eval mode, no grad, batched on the device.
