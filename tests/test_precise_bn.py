@@ -57,7 +57,7 @@ def test_a_frozen_batch_norm_keeps_its_statistics():
     assert torch.equal(frozen.running_var, torch.full((4,), 2.0))
     assert not torch.equal(free.running_mean, torch.zeros(4))
     free.train = types.MethodType(lambda self, mode=True: nn.Module.train(self, False), free)
-    assert recompute_bn_stats(model, [torch.randn(4, 3, 8, 8)]) == 0     # all frozen: no pass
+    assert recompute_bn_stats(model.eval(), [torch.randn(4, 3, 8, 8)]) == 0     # all frozen: no pass
     assert torch.equal(frozen.running_mean, torch.full((4,), 0.25)) and not model.training
 
 
