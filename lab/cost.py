@@ -2,7 +2,7 @@
 
 `block_costs(c_in, c_out, kernel, size)` builds each variant as a one-layer spec through the
 block registry and the builder (so its parameters, FLOPs and activation memory are exactly
-what `python -m lab summary` prints for that layer), measures its receptive field and times it
+what `python -m lab summary` prints for that layer, receptive field included) and times it
 on a device: forward (eval, no grad) and forward + backward (train mode, gradients of the
 parameters and the input), the median of interleaved timed rounds after warm-up runs.
 
@@ -37,8 +37,6 @@ MAX_CHANNELS = 4096
 MAX_SIZE = 512
 MAX_KERNEL = 15
 MAX_BATCH = 1024
-# A receptive field is read from gradient support on float64 inputs up to this side.
-RF_MAX_SIDE = 160
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,8 @@ class CostRow:
     parameters: int
     flops: int                      # one image, forward, multiply-add = 2 (as `lab summary`)
     activation_bytes: int           # one image, float32, every intermediate (as `lab summary`)
-    receptive_field: int
+    receptive_field: int | None     # input pixels a unit sees (blocks.receptive, as `lab summary`)
+    receptive_field_text: str       # '10', '5 +global', 'global', '≤7'
     forward_ms: float | None = None
     forward_backward_ms: float | None = None
     ratios: dict = field(default_factory=dict)   # this / regular conv
@@ -166,46 +165,6 @@ def one_layer_spec(c_in: int, size: int, block: str, params: dict) -> dict:
                        {"block": "global_avg_pool"}, {"block": "linear"}]}
 
 
-def receptive_field(module: nn.Module, in_shape: tuple[int, int, int]) -> int:
-    """Side of the square of input pixels one centre output unit depends on, read from the
-    gradient's support (float64; small positive weights and positive inputs, so no path cancels,
-    is cut by a ReLU or saturates a ReLU6/hard gate). Whole-image attention (SE, CBAM's channel
-    gate) gives the input side; a field wider than the input is capped at the input's side."""
-    c, h, w = in_shape
-    side = min(h, w, RF_MAX_SIDE)
-    probe = _positive_copy(module)
-    x = (torch.rand((1, c, side, side), dtype=torch.float64,
-                    generator=torch.Generator().manual_seed(0)) + 0.5).requires_grad_(True)
-    y = probe(x)
-    y[0, :, y.shape[2] // 2, y.shape[3] // 2].sum().backward()
-    support = x.grad[0].abs().sum(0) > 0
-    rows, cols = support.any(1).nonzero(), support.any(0).nonzero()
-    if len(rows) == 0:
-        return 0
-    return int(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
-
-
-def _positive_copy(module: nn.Module) -> nn.Module:
-    import copy
-    probe = copy.deepcopy(module).to("cpu", torch.float64).eval()
-    # a max-pool passes the gradient to one maximum only; an average pool over the same
-    # window has the theoretical field
-    for parent in list(probe.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.MaxPool2d):
-                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
-                                                   child.ceil_mode, count_include_pad=True))
-    with torch.no_grad():
-        for p in probe.parameters():
-            p.fill_(1e-3)
-        for name, b in probe.named_buffers():
-            if name.endswith("running_var"):
-                b.fill_(1.0)
-            elif name.endswith("running_mean"):
-                b.zero_()
-    return probe
-
-
 def _check(name: str, value: int, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
@@ -248,7 +207,7 @@ def block_costs(c_in: int, c_out: int, kernel: int, size: int, stride: int = 1, 
         module = blocks.build(spec, device="cpu").layers[0]
         rows.append(CostRow(v.label, v.family, v.block, dict(v.params), v.note, spec,
                             layer.out_shape, layer.params, layer.flops, layer.activation_bytes,
-                            receptive_field(module, (c_in, size, size))))
+                            layer.receptive_field, layer.rf_text))
         modules.append(module.to(dev))
     if time_it and rows:
         if progress:
@@ -312,6 +271,7 @@ def cost_records(table: CostTable) -> list[dict[str, Any]]:
     """The rows as flat dicts (what the chart and the app's table read)."""
     return [{"label": r.label, "family": r.family, "block": r.block, "out_shape": list(r.out_shape),
              "parameters": r.parameters, "flops": r.flops, "activation_bytes": r.activation_bytes,
-             "receptive_field": r.receptive_field, "forward_ms": r.forward_ms,
+             "receptive_field": r.receptive_field,
+             "receptive_field_text": r.receptive_field_text, "forward_ms": r.forward_ms,
              "forward_backward_ms": r.forward_backward_ms, "ratios": r.ratios, "note": r.note}
             for r in table.rows]

@@ -11,7 +11,9 @@ import torch.nn as nn
 import blocks
 from blocks.summary import summarize
 from lab.cli import main
-from lab.cost import block_costs, cost_records, ghost_ratio, receptive_field, variants
+import torch
+
+from lab.cost import block_costs, cost_records, ghost_ratio, variants
 from visual.cost import cost_figure
 
 
@@ -55,6 +57,45 @@ def test_rows_equal_the_summary_of_the_built_modules(handbook):
     assert "odd" in handbook.skipped["inverted_residual"]
 
 
+def gradient_support(module: nn.Module, in_shape: tuple[int, int, int]) -> int:
+    """The oracle: side of the square of input pixels one centre output unit depends on, read
+    from the gradient's support (float64; small positive weights and positive inputs, so no path
+    cancels, is cut by a ReLU or saturates a ReLU6/hard gate)."""
+    c, h, w = in_shape
+    side = min(h, w)
+    probe = _positive_copy(module)
+    x = (torch.rand((1, c, side, side), dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0)) + 0.5).requires_grad_(True)
+    y = probe(x)
+    y[0, :, y.shape[2] // 2, y.shape[3] // 2].sum().backward()
+    support = x.grad[0].abs().sum(0) > 0
+    rows, cols = support.any(1).nonzero(), support.any(0).nonzero()
+    if len(rows) == 0:
+        return 0
+    return int(max(rows.max() - rows.min(), cols.max() - cols.min()) + 1)
+
+
+def _positive_copy(module: nn.Module) -> nn.Module:
+    import copy
+    probe = copy.deepcopy(module).to("cpu", torch.float64).eval()
+    # a max-pool passes the gradient to one maximum only; an average pool over the same
+    # window has the theoretical field
+    for parent in list(probe.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding,
+                                                   child.ceil_mode, count_include_pad=True))
+    with torch.no_grad():
+        for p in probe.parameters():
+            p.fill_(1e-3)
+        for name, b in probe.named_buffers():
+            if name.endswith("running_var"):
+                b.fill_(1.0)
+            elif name.endswith("running_mean"):
+                b.zero_()
+    return probe
+
+
 def test_receptive_fields(handbook):
     rf = {r.label: r.receptive_field for r in handbook.rows}
     assert rf["regular conv"] == 10 and rf["pointwise 1×1"] == 1
@@ -63,10 +104,14 @@ def test_receptive_fields(handbook):
     assert rf["basic_residual"] == 5                # two 3×3 convs
     small = {r.label: r.receptive_field for r in block_costs(
         8, 8, 3, 20, time_it=False, only=["vgg_block", "inverted_residual", "ghost_bottleneck"]).rows}
-    # through a max-pool (3 + 1), a ReLU6 path (not cut by saturation), two Ghost modules
+    # through a max-pool (3 + 1), an inverted residual, two Ghost modules
     assert small == {"vgg_block": 4, "inverted_residual": 3, "ghost_bottleneck": 5}
     three = nn.Sequential(*[nn.Conv2d(1, 1, 3, padding=2, dilation=2) for _ in range(3)])
-    assert receptive_field(three, (1, 31, 31)) == 13
+    assert gradient_support(three, (1, 31, 31)) == 13
+    # blocks.receptive's figures against the gradient-support oracle, for every row
+    for r in handbook.rows:
+        module = blocks.build(r.spec).layers[0]
+        assert r.receptive_field == gradient_support(module, (3, 32, 32)), r.label
 
 
 @pytest.mark.parametrize("s", [2, 3, 4])

@@ -54,7 +54,7 @@ def format_table(table) -> str:
              f"batch {table.batch}, {table.device_name}", head, "-" * len(head)]
     for r in table.rows:
         lines.append(f"{r.label:<26} {'×'.join(map(str, r.out_shape)):<11} {r.parameters:>10,} "
-                     f"{human(r.flops):>9} {human(r.activation_bytes, 'B'):>9} {r.receptive_field:>4} "
+                     f"{human(r.flops):>9} {human(r.activation_bytes, 'B'):>9} {r.receptive_field_text:>4} "
                      f"{_ms(r.forward_ms):>9} {_ms(r.forward_backward_ms):>9} "
                      f"{_x(r.ratios.get('parameters')):>8} {_x(r.ratios.get('flops')):>8} "
                      f"{_x(r.ratios.get('forward_ms')):>7}")
