@@ -53,7 +53,7 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
         ui.image_state = gr.State(None)
         gr.Markdown("# ConvScope\nBuild a CNN from blocks, train it, and look inside.",
                     elem_id="cs-title")
-        with gr.Tabs():
+        with gr.Tabs() as ui.tabs:
             build.layout(ui)
             train.layout(ui, limits)
             inspect.layout(ui)

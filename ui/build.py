@@ -15,6 +15,7 @@ import gradio as gr
 from blocks import SpecError, edit
 from blocks.registry import get_block
 from presets import DEFAULT_CLASSES, DEFAULT_INPUT, DEFAULT_PRESET, DEFAULT_WIDTH, list_presets, load_preset
+from ui import cost
 from ui.common import EMPTY, get_session, spec_of, user_errors
 
 FORM_SLOTS = 10
@@ -271,6 +272,7 @@ def layout(ui: SimpleNamespace) -> None:
                     ui.upload_btn = gr.UploadButton("Load spec file", file_types=[".json"],
                                                     type="filepath")
                 ui.spec_file = gr.File(label="Spec file", interactive=False, visible=False)
+        cost.layout(ui)
     ui.form = [ui.help_md, ui.repeat_num] + ui.slots
     # Everything build_views() returns, in its order.
     ui.build_views = [ui.spec_state, ui.json_code, ui.table, ui.status_md, ui.layer_dd] + ui.form
@@ -299,3 +301,4 @@ def wire(ui: SimpleNamespace) -> None:
                       [ui.session_state, ui.spec_file], api_name="save_spec")
     ui.upload_btn.upload(on_upload_spec, [ui.upload_btn, ui.spec_state, ui.session_state],
                          [ui.session_state] + views, api_name="upload_spec")
+    cost.wire(ui)

@@ -21,6 +21,31 @@ from ui.common import (UPLOAD, curves, get_session, md_text, one_line, progress_
                        spec_of, to_int, user_errors)
 
 CURVE_EVERY_S = 0.5          # the curves figure is redrawn at most twice a second
+WATCH_CHOICES = [("none", "none"), ("Grad-CAM", "gradcam"), ("CBAM spatial map", "cbam"),
+                 ("SE excitation", "se"), ("feature grid (last layer)", "features"),
+                 ("Ghost redundancy", "ghost")]
+
+
+def watch_request(spec: dict, view: Any, index: Any) -> dict | None:
+    """{"view", "index"} to watch, None for "none"; the view must be one this network has."""
+    if view in (None, "", "none"):
+        return None
+    import blocks
+    from visual.watch import WATCH_NAMES, watch_views
+    offered = watch_views(blocks.build(spec, device="meta"))
+    if view not in offered:
+        raise gr.Error(f"This network has no {WATCH_NAMES.get(view, view)} to watch; it offers "
+                       f"{', '.join(WATCH_NAMES[v] for v in offered)}.")
+    return {"view": view, "index": to_int(index, "watched image")}
+
+
+def watch_plot(events: list[dict], shown: int) -> tuple[Any, int]:
+    """(the watch figure when a new snapshot arrived, else gr.skip(); snapshots drawn)."""
+    snaps = [e for e in events if e.get("type") == "watch"]
+    if len(snaps) == shown:
+        return gr.skip(), shown
+    from visual.watch import watch_figure
+    return watch_figure(snaps).figure, len(snaps)
 
 
 def dataset_meta(dataset: str, upload: Any = None, session: Session | None = None):
@@ -125,46 +150,125 @@ def _settings(dataset: str, upload: Any, s: Session, epochs: Any, batch: Any, op
 @user_errors
 def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, train_size: Any,
              epochs: Any, batch: Any, optimizer: str, lr: Any, schedule: str, seed: Any,
-             augment: bool, device: str, request: gr.Request = None):
+             augment: bool, device: str, watch_view: Any = "none", watch_index: Any = 0,
+             request: gr.Request = None):
     """Start a run and stream its progress; yields (session, progress, curves, status,
-    inspect run, compare runs, export run, start button, stop button)."""
+    inspect run, compare runs, export run, watch view, start button, stop button). With a
+    watch view, a snapshot of it for test image `watch_index` is taken at every epoch end
+    and drawn beside the curves (its slider replays the epochs)."""
     s = get_session(session_state, request)
     settings = _settings(dataset, upload, s, epochs, batch, optimizer, lr, schedule, seed,
                          augment, device)
     size = to_int(train_size, "train size") if train_size not in (None, "", 0) else None
     spec = spec_of(spec_state)
+    watch = watch_request(spec, watch_view, watch_index)
     name = spec.get("name", "network")
     running = [gr.update(interactive=False), gr.update(interactive=True)]
     idle = [gr.update(interactive=True), gr.update(interactive=False)]
-    keep = [gr.skip()] * 3
+    keep = [gr.skip()] * 4
     yield [s, progress_html(0, "loading data and building the network…"), gr.skip(),
            f"Training **{html.escape(name)}** on {html.escape(str(dataset))}…"] + keep + running
     try:
-        updates = s.start_training(spec, settings, train_size=size)  # checks limits first
+        updates = s.start_training(spec, settings, train_size=size,   # checks limits first
+                                   **({"watch": watch} if watch else {}))
     except Exception as e:
         yield [s, progress_html(0, "not started"), gr.skip(),
                f"⚠ Not started: {html.escape(one_line(e))}"] + keep + idle
         raise
     last_plot = 0.0
+    shown = 0
     for u in updates:
         plot = gr.skip()
         now = time.monotonic()
         if u.done or (u.new_events and now - last_plot >= CURVE_EVERY_S):
             plot = curves({name: u.events}) if u.events else gr.skip()
             last_plot = now
+        watched, shown = watch_plot(u.events, shown) if watch else (gr.skip(), 0)
         if not u.done:
-            yield [s, progress_html(u.progress, u.text), plot, gr.skip()] + keep + running
+            yield [s, progress_html(u.progress, u.text), plot, gr.skip()] + keep[:3] + [watched] \
+                + running
             continue
         if u.run_id is None:
             gr.Warning(f"Training {u.status}: {u.message}")
             yield [s, progress_html(u.progress, u.text), plot,
-                   f"⚠ Training {u.status}: {html.escape(u.message)}"] + keep + idle
+                   f"⚠ Training {u.status}: {html.escape(u.message)}"] + keep[:3] + [watched] + idle
             return
         if u.warning:
             gr.Warning(u.warning)
         yield [s, progress_html(u.progress, u.text), plot,
                f"✓ {html.escape(u.message)} — open **Inspect** to look inside."] \
-            + run_updates(s, u.run_id) + idle
+            + run_updates(s, u.run_id) + [watched] + idle
+
+
+ABLATE_CHOICES = [("attention: none / SE / CBAM", "attention"),
+                  ("Ghost modules vs regular convs", "ghost")]
+
+
+@user_errors
+def on_ablate(session_state: Any, spec_state: Any, dataset: str, upload: Any, train_size: Any,
+              epochs: Any, batch: Any, optimizer: str, lr: Any, schedule: str, seed: Any,
+              augment: bool, device: str, what: str = "attention", request: gr.Request = None):
+    """Train the network once per variant — attention none / SE / CBAM, or its Ghost modules
+    against the regular convs they replace — with the same seed, data, settings and budget,
+    one run after another under the trainings' concurrency limit (lab/ablate.py makes the
+    variants); then open Compare on their runs. A variant that fails or is stopped leaves the
+    runs before it; Stop ends the ablation. Yields (session, progress, curves, status, inspect
+    run, compare runs, export run, tabs, compare curves, compare table, start, stop, ablate)."""
+    from lab.ablate import AblationError, ablation_specs
+    from ui.compare import on_compare
+    s = get_session(session_state, request)
+    settings = _settings(dataset, upload, s, epochs, batch, optimizer, lr, schedule, seed,
+                         augment, device)
+    size = to_int(train_size, "train size") if train_size not in (None, "", 0) else None
+    spec = spec_of(spec_state)
+    try:
+        specs = ablation_specs(spec, ["none", "se", "cbam"]) if what != "ghost" else \
+            ablation_specs(spec, ghost=["ghost", "conv"])
+    except AblationError as e:
+        raise gr.Error(str(e)) from None
+    running = [gr.update(interactive=False), gr.update(interactive=True), gr.update(interactive=False)]
+    idle = [gr.update(interactive=True), gr.update(interactive=False), gr.update(interactive=True)]
+    keep = [gr.skip()] * 6
+    n = len(specs)
+    events_by: dict[str, list[dict]] = {}
+    ids: list[str] = []
+    notes: list[str] = []
+    last_plot = 0.0
+    for i, (label, vspec) in enumerate(specs.items()):
+        head = f"variant {i + 1}/{n} · {label}"
+        yield [s, progress_html(i / n, f"{head}: loading…"), gr.skip(),
+               f"Ablating **{html.escape(spec.get('name', 'network'))}**: {html.escape(label)}…"] \
+            + keep + running
+        try:
+            updates = s.start_training(vspec, settings, train_size=size)
+        except Exception as e:       # noqa: BLE001 - this variant is reported, the rest go on
+            notes.append(f"{label}: not started — {one_line(e)}")
+            continue
+        for u in updates:
+            events_by[label] = u.events
+            plot = gr.skip()
+            now = time.monotonic()
+            if u.done or (u.new_events and now - last_plot >= CURVE_EVERY_S):
+                plot = curves({k: v for k, v in events_by.items() if v})
+                last_plot = now
+            yield [s, progress_html((i + u.progress) / n, f"{head} · {u.text}"), plot, gr.skip()] \
+                + keep + running
+            if u.done:
+                if u.run_id is not None:
+                    ids.append(u.run_id)
+                    notes.append(f"{label}: {u.run_id} {u.status}")
+                else:
+                    notes.append(f"{label}: {u.status} — {u.message}")
+    status = "Ablation: " + "; ".join(html.escape(x) for x in notes)
+    if not ids:
+        yield [s, progress_html(1, "no variant finished"), gr.skip(), "⚠ " + status] + keep + idle
+        return
+    _, fig, rows = on_compare(s, ids)
+    pickers = run_updates(s, ids[-1])
+    pickers[1] = gr.update(choices=s.run_choices(), value=ids)
+    yield [s, progress_html(1, f"{len(ids)} of {n} variants trained"), gr.skip(),
+           "✓ " + status + " — opened **Compare** on them."] + pickers \
+        + [gr.Tabs(selected="compare"), fig, rows] + idle
 
 
 @user_errors
@@ -221,12 +325,22 @@ def layout(ui: SimpleNamespace, limits: Limits) -> None:
                 ui.augment = gr.Checkbox(False, label="Augment (flips, pad-and-crop)")
                 ui.device = gr.Dropdown(device_choices(), value="auto", label="Device")
                 with gr.Row():
+                    ui.watch_view = gr.Dropdown(WATCH_CHOICES, value="none", elem_id="cs-watch-view",
+                                                label="Watch while training (each epoch)")
+                    ui.watch_index = gr.Number(0, label="test image #", precision=0, minimum=0)
+                with gr.Row():
                     ui.start_btn = gr.Button("Start", variant="primary", elem_id="cs-start")
                     ui.stop_btn = gr.Button("Stop", variant="stop", interactive=False,
                                             elem_id="cs-stop")
+                with gr.Row():
+                    ui.ablate_what = gr.Dropdown(ABLATE_CHOICES, value="attention", scale=2,
+                                                 label="Ablate: same seed, data and settings")
+                    ui.ablate_btn = gr.Button("Ablate", elem_id="cs-ablate", scale=1)
             with gr.Column(scale=2):
                 ui.progress = gr.HTML(progress_html(0, "not started"), elem_id="cs-progress")
                 ui.curves_plot = gr.Plot(label="Training curves", elem_id="cs-curves")
+                ui.watch_plot = gr.Plot(label="Watched view (the slider replays the epochs)",
+                                        elem_id="cs-watch")
                 ui.train_status = gr.Markdown(elem_id="cs-train-status")
 
 
@@ -239,13 +353,24 @@ def wire(ui: SimpleNamespace, limits: Limits) -> None:
     ui.zip_file.upload(on_dataset_change, dataset_inputs, dataset_outputs,
                        api_visibility="private")
     buttons = [ui.start_btn, ui.stop_btn]
+    settings_inputs = [ui.session_state, ui.spec_state, ui.dataset_dd, ui.zip_file, ui.train_size,
+                       ui.epochs, ui.batch, ui.optimizer, ui.lr, ui.schedule, ui.seed, ui.augment,
+                       ui.device]
     train_event = ui.start_btn.click(
-        on_train,
-        [ui.session_state, ui.spec_state, ui.dataset_dd, ui.zip_file, ui.train_size, ui.epochs,
-         ui.batch, ui.optimizer, ui.lr, ui.schedule, ui.seed, ui.augment, ui.device],
-        [ui.session_state, ui.progress, ui.curves_plot, ui.train_status] + ui.run_pickers + buttons,
+        on_train, settings_inputs + [ui.watch_view, ui.watch_index],
+        [ui.session_state, ui.progress, ui.curves_plot, ui.train_status] + ui.run_pickers
+        + [ui.watch_plot] + buttons,
         api_name="train", concurrency_limit=limits.max_concurrent_trainings,
+        concurrency_id="train", show_progress="hidden")
+    # the variants queue with every other training (same concurrency id and limit)
+    ablate_event = ui.ablate_btn.click(
+        on_ablate, settings_inputs + [ui.ablate_what],
+        [ui.session_state, ui.progress, ui.curves_plot, ui.train_status] + ui.run_pickers
+        + [ui.tabs, ui.compare_plot, ui.compare_table] + buttons + [ui.ablate_btn],
+        api_name="ablate", concurrency_limit=limits.max_concurrent_trainings,
         concurrency_id="train", show_progress="hidden")
     ui.stop_btn.click(on_stop, [ui.session_state],
                       [ui.progress, ui.curves_plot, ui.train_status] + ui.run_pickers + buttons,
-                      cancels=[train_event], api_name="stop", concurrency_limit=None)
+                      cancels=[train_event, ablate_event], api_name="stop", concurrency_limit=None
+                      ).then(lambda: gr.update(interactive=True), None, ui.ablate_btn,
+                             api_visibility="private")

@@ -242,9 +242,12 @@ def _stop_requested(stop_file: str) -> bool:
 
 
 def train_events(spec: dict, settings: dict, stop_file: str, dataset: Any = None,
-                 train_size: int | None = None, test_size: int | None = None) -> Iterator[dict]:
+                 train_size: int | None = None, test_size: int | None = None,
+                 watch: dict | None = None) -> Iterator[dict]:
     """Train `spec` and yield the trainer's events (plain dicts), then one
-    {"type": "weights", "state": {name: CPU tensor}, "spec": built spec}.
+    {"type": "weights", "state": {name: CPU tensor}, "spec": built spec}. With `watch`
+    ({"view", "index"[, "layer"]}) a "watch" snapshot of that view of test image `index`
+    follows every epoch event (lab/watch.py; kept in the run's events).
 
     Module-level and plain-data in, plain-data out, so it can run under `spaces.GPU` in
     another process. The run stops after the current batch once `stop_file` exists or its
@@ -258,12 +261,34 @@ def train_events(spec: dict, settings: dict, stop_file: str, dataset: Any = None
         dataset = load_dataset(s.dataset, s.data_root, seed=s.seed, download=download_allowed(),
                                train_size=train_size, test_size=test_size)
     trainer = Trainer(spec, s, dataset)
+    watcher = make_watcher(watch, dataset) if watch else None
     for event in trainer.run():
         if not trainer.stopping and _stop_requested(stop_file):
             trainer.stop()
         yield event
+        snap = watcher.on_event(event, trainer) if watcher is not None else None
+        if snap is not None:
+            trainer.history.append(snap)
+            yield snap
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in trainer.model.state_dict().items()}
     yield {"type": "weights", "state": state, "spec": trainer.model.spec}
+
+
+def make_watcher(watch: dict, dataset: Any) -> Any:
+    """A lab.watch.Watcher computing visual.watch_snapshot of `watch["view"]` for test image
+    `watch["index"]` (its true class for Grad-CAM)."""
+    from lab.watch import Watcher
+    from visual.watch import watch_snapshot
+    index, view, layer = int(watch.get("index", 0)), str(watch["view"]), watch.get("layer")
+    if not 0 <= index < len(dataset.test_y):
+        raise SessionError(f"the watched image must be a test image from 0 to "
+                           f"{len(dataset.test_y) - 1}, got {index}")
+    x = dataset.normalize(dataset.test_x[index:index + 1])
+    target = int(dataset.test_y[index])
+
+    def compute(model: Any) -> dict:
+        return watch_snapshot(model, x.to(next(model.parameters()).device), view, layer, target)
+    return Watcher(compute, index=index)
 
 
 def _gpu_duration(spec: dict, settings: dict, *args: Any, **kwargs: Any) -> int:
@@ -428,10 +453,11 @@ class Session:
         return prepared
 
     def start_training(self, spec: dict, settings: Any, train_size: int | None = None,
-                       test_size: int | None = None, poll: float = 0.25) -> Iterator[TrainUpdate]:
+                       test_size: int | None = None, poll: float = 0.25,
+                       watch: dict | None = None) -> Iterator[TrainUpdate]:
         """Train in a worker thread; yield a TrainUpdate at least every `poll` seconds until
         the run ends. The run is recorded into the session by the worker, so it survives
-        this generator being closed (which asks the run to stop)."""
+        this generator being closed (which asks the run to stop). `watch`: see train_events."""
         if self.closed:
             raise SessionError("this session has ended; reload the page")
         if train_size is None:
@@ -440,6 +466,8 @@ class Session:
             test_size = default_test_size(settings.dataset)
         ds = self.dataset(settings.dataset, settings.seed, train_size, test_size, settings.data_root)
         spec = self.check_training_request(spec, settings, ds)
+        if watch:
+            make_watcher(watch, ds)          # a wrong image index is refused before the run
         stop_file = self.dir / f"{STOP_FILE}-{os.urandom(4).hex()}"
         job = _Training(stop_file, settings.epochs)
         with self._lock:
@@ -449,20 +477,22 @@ class Session:
         key = (settings.dataset, settings.seed, train_size, test_size, settings.data_root)
         ctx = contextvars.copy_context()  # ZeroGPU reads the request from the context
         job.thread = threading.Thread(
-            target=ctx.run, args=(self._worker, job, spec, settings.to_dict(), ds, key),
+            target=ctx.run, args=(self._worker, job, spec, settings.to_dict(), ds, key, watch),
             name=f"convscope-train-{self.key[:8]}", daemon=True)
         job.thread.start()
         return self._updates(job, poll)
 
-    def _worker(self, job: _Training, spec: dict, settings: dict, ds: Any, key: tuple) -> None:
+    def _worker(self, job: _Training, spec: dict, settings: dict, ds: Any, key: tuple,
+                watch: dict | None = None) -> None:
         events: list[dict] = []
         weights = None
         try:
             if zerogpu.on_zerogpu():
                 stream = train_events_gpu(spec, settings, str(job.stop_file), None,
-                                          key[2], key[3])
+                                          key[2], key[3], watch)
             else:
-                stream = train_events(spec, settings, str(job.stop_file), ds)
+                extra = {"watch": watch} if watch else {}
+                stream = train_events(spec, settings, str(job.stop_file), ds, **extra)
             for event in stream:
                 if event.get("type") == "weights":
                     weights = event
