@@ -1,13 +1,24 @@
 """Runs on disk: one folder per training run, written atomically, read without pickle.
 
 A run folder holds `spec.json`, `settings.json`, `metrics.jsonl` (one event a line),
-`dataset.json` and `weights.safetensors` (the state_dict, BatchNorm buffers included).
-`save_run` writes everything into a hidden sibling `.tmp-<name>` and renames it into
-place only when complete, so a crash never leaves half a run. `load_run` reads JSON and
-safetensors only: a weights file that is not safetensors is refused, never unpickled.
+`dataset.json` and `weights.safetensors` (the state_dict, BatchNorm buffers included), and
+while it trains a checkpoint: `checkpoint.json` (lab/train/checkpoint.py's meta, naming its
+tensors file) and `checkpoint-<step>.safetensors`.
+
+A folder appears complete, by one rename of a hidden sibling `.tmp-<name>`, so a crash
+never leaves half a run. A training run is written by a `RunWriter`: the folder appears at
+its first save (the first epoch's end), and later saves replace its files one by one, each
+through a temporary name renamed over the old (readers see the old file or the new, never
+half of one; a full disk leaves the old). The checkpoint's tensors go to a file named by
+step and `checkpoint.json` is renamed over its predecessor last, so it always names a
+complete tensors file; the previous one is deleted only after. A writer holds a lock on the
+folder (`.lock`, released by the OS however the process ends), so two processes never train
+one run at once. `load_run` reads JSON and safetensors only: a weights file that is not
+safetensors is refused, never unpickled.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,17 +27,21 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-from safetensors import SafetensorError
+from filelock import FileLock, Timeout
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 import blocks
 
 FILES = ("spec.json", "settings.json", "metrics.jsonl", "dataset.json", "weights.safetensors")
 TMP_PREFIX = ".tmp-"
+CHECKPOINT = "checkpoint.json"
+CHECKPOINT_TENSORS = re.compile(r"^checkpoint-\d{8,}\.safetensors$")
+LOCK = ".lock"
 
 
 class RunError(ValueError):
@@ -43,11 +58,15 @@ class RunParts:
     dataset_info: dict = field(default_factory=dict)
 
     @classmethod
-    def from_trainer(cls, trainer: Any) -> "RunParts":
-        """The parts of a Trainer (its model as trained so far and its events)."""
+    def from_trainer(cls, trainer: Any, load: dict | None = None) -> "RunParts":
+        """The parts of a Trainer (its model as trained so far and its events). `load`: the
+        sizes the data set was loaded with (train_size, test_size), kept in dataset.json so
+        that a resumed run loads the very same images."""
+        info = trainer.dataset.info()
+        if load is not None:
+            info["load"] = dict(load)
         return cls(spec=trainer.model.spec, settings=trainer.settings.to_dict(),
-                   metrics=list(trainer.history), model=trainer.model,
-                   dataset_info=trainer.dataset.info())
+                   metrics=list(trainer.history), model=trainer.model, dataset_info=info)
 
 
 @dataclass
@@ -86,33 +105,192 @@ def _dump(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
+def _dump_metrics(path: Path, events: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for event in events:
+            f.write(json.dumps(event, allow_nan=False) + "\n")
+
+
+def _dump_weights(path: Path, parts: "RunParts") -> None:
+    save_file(_state_dict(parts.model), str(path),
+              metadata={"format": "pt", "spec_name": str(parts.spec.get("name", ""))})
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _replace(path: Path, write: Callable[[Path], None]) -> None:
+    """Write `path` through a temporary sibling renamed over it once complete and on disk:
+    a reader sees the old file or the new one; a failure (a full disk) leaves the old."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{secrets.token_hex(3)}")
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _free_name(root: Path, spec_name: str) -> str:
+    for _ in range(100):
+        name = run_name(spec_name)
+        if not (root / name).exists() and not (root / f"{TMP_PREFIX}{name}").exists():
+            return name
+    raise RunError(f"could not find a free run name in {root}")  # pragma: no cover
+
+
 def save_run(source: Any, root: str | Path = "runs") -> Path:
     """Write a run (a Trainer or RunParts) as a new folder under `root`; returns its path."""
     parts = source if isinstance(source, RunParts) else RunParts.from_trainer(source)
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for _ in range(100):
-        name = run_name(parts.spec.get("name", "network"))
-        if not (root / name).exists():
-            break
-    else:  # pragma: no cover - 100 collisions of a 24-bit suffix in one second
-        raise RunError(f"could not find a free run name in {root}")
-    final, tmp = root / name, root / f"{TMP_PREFIX}{name}"
-    tmp.mkdir()
-    try:
-        _dump(tmp / "spec.json", parts.spec)
-        _dump(tmp / "settings.json", parts.settings)
-        _dump(tmp / "dataset.json", parts.dataset_info)
-        with open(tmp / "metrics.jsonl", "w", encoding="utf-8") as f:
-            for event in parts.metrics:
-                f.write(json.dumps(event, allow_nan=False) + "\n")
-        save_file(_state_dict(parts.model), str(tmp / "weights.safetensors"),
-                  metadata={"format": "pt", "spec_name": str(parts.spec.get("name", ""))})
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return RunWriter(root, parts.spec.get("name", "network"), lock=False).save(parts)
+
+
+class RunWriter:
+    """Writes one run folder while its run trains (see the module docstring).
+
+        writer = RunWriter("runs", "ResNet-18")        # a new run; or RunWriter.resume(path)
+        writer.save(parts, trainer.checkpoint())        # at each epoch's end
+        writer.save(parts)                              # at the end (weights as trained)
+        writer.close()
+    """
+
+    def __init__(self, root: str | Path, spec_name: str = "network", *, path: str | Path | None = None,
+                 lock: bool = True):
+        if path is not None:
+            self.path = Path(path)
+            self.root = self.path.parent
+        else:
+            self.root = Path(root)
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.path = self.root / _free_name(self.root, spec_name)
+        self._lock: FileLock | None = None
+        self._locking = lock
+
+    @classmethod
+    def resume(cls, path: str | Path) -> "RunWriter":
+        """A writer for an existing run folder, locked against other writers."""
+        writer = cls("", path=path)
+        if not writer.path.is_dir():
+            raise RunError(f"{writer.path} is not a run folder")
+        writer._take_lock()
+        return writer
+
+    def _take_lock(self) -> None:
+        lock = FileLock(str(self.path / LOCK), blocking=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunError(f"{self.path} is being written by another process (a training that "
+                           f"is still running); wait for it to end or stop it first") from None
+        except OSError as e:
+            raise RunError(f"{self.path} cannot be locked for writing ({e.strerror or e})") from None
+        self._lock = lock
+
+    def close(self) -> None:
+        """Release the folder's lock (the OS releases it too if the process dies)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def save(self, parts: "RunParts", checkpoint: Any = None) -> Path:
+        """Write the run as it is now (and `checkpoint`, a lab.train.checkpoint.Checkpoint,
+        if given); returns the folder. The first call makes the folder, by one rename."""
+        if not self.path.exists():
+            self._create(parts, checkpoint)
+            return self.path
+        if checkpoint is not None:
+            self._write_checkpoint(self.path, checkpoint)
+        _replace(self.path / "settings.json", lambda p: _dump(p, parts.settings))
+        _replace(self.path / "weights.safetensors", lambda p: _dump_weights(p, parts))
+        _replace(self.path / "metrics.jsonl", lambda p: _dump_metrics(p, parts.metrics))
+        self._drop_stale_checkpoints()
+        return self.path
+
+    def _create(self, parts: "RunParts", checkpoint: Any) -> None:
+        tmp = self.root / f"{TMP_PREFIX}{self.path.name}"
+        tmp.mkdir(parents=True)
+        try:
+            _dump(tmp / "spec.json", parts.spec)
+            _dump(tmp / "settings.json", parts.settings)
+            _dump(tmp / "dataset.json", parts.dataset_info)
+            _dump_metrics(tmp / "metrics.jsonl", parts.metrics)
+            _dump_weights(tmp / "weights.safetensors", parts)
+            if checkpoint is not None:
+                self._write_checkpoint(tmp, checkpoint)
+            for name in os.listdir(tmp):
+                _fsync(tmp / name)
+            os.replace(tmp, self.path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self._locking:
+            self._take_lock()
+
+    @staticmethod
+    def _write_checkpoint(folder: Path, checkpoint: Any) -> None:
+        name = f"checkpoint-{checkpoint.step:08d}.safetensors"
+        token = secrets.token_hex(8)
+        _replace(folder / name, lambda p: save_file(checkpoint.tensors, str(p),
+                                                    metadata={"format": "pt", "token": token}))
+        # The commit point: from here on checkpoint.json names the new tensors.
+        _replace(folder / CHECKPOINT, lambda p: _dump(p, {"tensors": name, "token": token,
+                                                         **checkpoint.meta}))
+
+    def _drop_stale_checkpoints(self) -> None:
+        try:
+            current = json.loads((self.path / CHECKPOINT).read_text(encoding="utf-8")).get("tensors")
+        except (OSError, ValueError):
+            return
+        for entry in os.listdir(self.path):
+            if CHECKPOINT_TENSORS.match(entry) and entry != current:
+                with contextlib.suppress(OSError):
+                    (self.path / entry).unlink()
+        for entry in os.listdir(self.path):     # temporary files of a writer that died
+            if entry.startswith(TMP_PREFIX):
+                with contextlib.suppress(OSError):
+                    (self.path / entry).unlink()
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """The run folder's checkpoint (lab.train.checkpoint.Checkpoint), read without pickle;
+    RunError (one line) when there is none or it cannot be read."""
+    from lab.train.checkpoint import Checkpoint
+    path = Path(path)
+    if not (path / CHECKPOINT).exists():
+        raise RunError(f"{path} has no checkpoint to resume from (it ended before its first "
+                       f"epoch was complete, or was written before runs kept checkpoints)")
+    meta = _read_json(path / CHECKPOINT)
+    name = meta.pop("tensors", None) if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not CHECKPOINT_TENSORS.match(name):
+        raise RunError(f"{path / CHECKPOINT} does not name a checkpoint file")
+    tensors = load_weights(path / name)
+    with safe_open(str(path / name), "pt") as f:
+        token = (f.metadata() or {}).get("token")
+    if token != meta.pop("token", None):
+        raise RunError(f"{path / name} does not belong to {path / CHECKPOINT}")
+    if not all(k in meta for k in ("epoch", "step", "progress", "optimizer", "events")):
+        raise RunError(f"{path / CHECKPOINT} is missing part of the run's state")
+    return Checkpoint(tensors, meta)
+
+
+def read_run_json(path: Path) -> Any:
+    """A run folder's JSON file; RunError (one line) if missing or unreadable."""
+    return _read_json(path)
+
+
+def read_run_metrics(path: Path) -> list[dict]:
+    """A run folder's metrics.jsonl as events; RunError (one line) if missing or broken."""
+    return _read_metrics(path)
 
 
 def _read_json(path: Path) -> Any:

@@ -77,7 +77,7 @@ def test_spec_file_and_width_follow_the_data_set(tmp_path, capsys):
     (["--spec", "/no/such/spec.json"], "does not exist"),
     (["--preset", "LeNet-5", "--optimizer", "rmsprop"], "invalid choice"),
     (["--preset", "LeNet-5", "--epochs", "two"], "invalid int value"),
-    ([], "one of the arguments --preset --spec is required"),
+    ([], "one of the arguments --preset --spec --resume is required"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, words, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:

@@ -4,6 +4,12 @@ A progress bar goes to stderr on a terminal; `--json` prints one JSON object per
 to stdout, the last being the "end" event plus `run_dir`. Ctrl-C stops after the
 current batch and still saves the run (a second Ctrl-C aborts).
 
+The run folder (under --out, default $CONVSCOPE_RUNS_DIR or runs/) appears at the end of
+the first epoch and gets a checkpoint at the end of every epoch. `--resume DIR [--epochs N]`
+continues a stopped, crashed or finished run from its last checkpoint, exactly as if it
+had never stopped (with more epochs than planned, on the new total's schedule);
+`--stop-after K` stops at the end of epoch K.
+
 Under `torchrun --nproc_per_node=N -m lab train …` every process trains its shard under
 DistributedDataParallel (lab/train/distributed.py); rank 0 alone prints and saves the run.
 """
@@ -12,10 +18,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
-from typing import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
 
 from lab.cli import UsageError
 from lab.cli.cmd_summary import read_spec_file
@@ -23,6 +32,21 @@ from lab.train.device import DEVICES, choose_device
 from lab.train.trainer import OPTIMIZERS, SCHEDULES, Trainer, TrainingError, TrainSettings
 
 DATASET_HELP = "shapes, digits, mnist, fashion-mnist, cifar10, or a path"
+# Flags that are settings of the run (argument dest -> TrainSettings field). Their argparse
+# default is None, so that a resumed run can tell which ones were given.
+SETTING_FLAGS = {"dataset": "dataset", "data_root": "data_root", "epochs": "epochs",
+                 "batch_size": "batch_size", "optimizer": "optimizer", "lr": "lr",
+                 "momentum": "momentum", "weight_decay": "weight_decay", "schedule": "schedule",
+                 "label_smoothing": "label_smoothing", "augment": "augment", "device": "device",
+                 "seed": "seed", "width": "width", "sync_bn": "sync_bn", "weights": "weights",
+                 "freeze": "freeze", "report_interval": "report_interval"}
+# What a resumed run may change: how long it trains, where, and how often it reports.
+RESUME_MAY_CHANGE = ("epochs", "device", "data_root", "report_interval")
+
+
+def runs_dir_default() -> str:
+    """$CONVSCOPE_RUNS_DIR, else runs/ (the app's default too)."""
+    return os.environ.get("CONVSCOPE_RUNS_DIR") or "runs"
 
 
 def add_parser(subparsers) -> None:
@@ -32,24 +56,28 @@ def add_parser(subparsers) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--preset", metavar="NAME", help="a preset name (`python -m lab presets`)")
     which.add_argument("--spec", metavar="FILE", help="a network spec (JSON file)")
-    p.add_argument("--dataset", default=d.dataset, help=f"{DATASET_HELP} (default {d.dataset})")
-    p.add_argument("--data-root", default=d.data_root, metavar="DIR",
-                   help=f"where data sets are kept (default {d.data_root}/)")
+    which.add_argument("--resume", metavar="DIR",
+                       help="continue the run in DIR from its last checkpoint, with its own settings "
+                            "(--epochs N: train to N epochs in all)")
+    p.add_argument("--dataset", help=f"{DATASET_HELP} (default {d.dataset})")
+    p.add_argument("--data-root", metavar="DIR", help=f"where data sets are kept (default {d.data_root}/)")
     p.add_argument("--no-download", action="store_true",
                    help="never download; fail if the data set's files are missing")
     p.add_argument("--train-size", type=int, metavar="N", help="use only N training images")
     p.add_argument("--test-size", type=int, metavar="N", help="use only N test images")
-    p.add_argument("--epochs", type=int, default=d.epochs, metavar="N")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, metavar="B",
+    p.add_argument("--epochs", type=int, metavar="N", help=f"epochs in all (default {d.epochs})")
+    p.add_argument("--stop-after", type=int, metavar="K",
+                   help="stop at the end of epoch K (the run can be resumed with --resume)")
+    p.add_argument("--batch-size", type=int, metavar="B",
                    help=f"global batch; under torchrun split evenly over the processes "
                         f"(default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, metavar="X", help="(peak) learning rate")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
-    p.add_argument("--schedule", choices=SCHEDULES, default=d.schedule)
-    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, metavar="X")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="X")
-    p.add_argument("--augment", action="store_true", help="random flips and pad-and-crop")
+    p.add_argument("--lr", type=float, metavar="X", help=f"(peak) learning rate (default {d.lr:g})")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help=f"(default {d.optimizer})")
+    p.add_argument("--schedule", choices=SCHEDULES, help=f"(default {d.schedule})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
+    p.add_argument("--weight-decay", type=float, metavar="X", help=f"(default {d.weight_decay:g})")
+    p.add_argument("--label-smoothing", type=float, metavar="X", help=f"(default {d.label_smoothing})")
+    p.add_argument("--augment", action="store_true", default=None, help="random flips and pad-and-crop")
     p.add_argument("--width", type=float, metavar="W", help="channel width multiplier")
     p.add_argument("--input", metavar="CxHxW",
                    help="resize the data set's images to this square size, e.g. 3x128x128")
@@ -57,14 +85,17 @@ def add_parser(subparsers) -> None:
                    help="fine-tune: start from 'imagenet' (torchvision's weights for the preset) or a "
                         ".pth / .safetensors file; the classifier is new, images take the weights' "
                         "normalisation")
-    p.add_argument("--freeze", choices=("none", "backbone"), default=d.freeze,
+    p.add_argument("--freeze", choices=("none", "backbone"),
                    help="with --weights: 'backbone' trains only the new tensors (classifier, SE/CBAM); "
                         "frozen BatchNorm keeps its statistics")
-    p.add_argument("--device", choices=DEVICES, default=d.device)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--sync-bn", action="store_true",
+    p.add_argument("--device", choices=DEVICES, help=f"(default {d.device})")
+    p.add_argument("--seed", type=int, help=f"(default {d.seed})")
+    p.add_argument("--sync-bn", action="store_true", default=None,
                    help="under torchrun on GPUs: BatchNorm statistics over all processes")
-    p.add_argument("--out", default="runs", metavar="DIR", help="where runs are saved (default runs/)")
+    p.add_argument("--report-interval", type=float, metavar="S",
+                   help=f"seconds between step events (default {d.report_interval})")
+    p.add_argument("--out", metavar="DIR",
+                   help="where runs are saved (default $CONVSCOPE_RUNS_DIR, else runs/)")
     p.add_argument("--watch", choices=("gradcam", "cbam", "se", "features", "ghost"), metavar="VIEW",
                    help="record this view (gradcam, cbam, se, features, ghost) of one test image at "
                         "every epoch end, on a copy of the weights; saved in the run's metrics")
@@ -95,16 +126,6 @@ def make_watcher(args: argparse.Namespace, ds, model):
     return Watcher(compute, index=args.watch_index)
 
 
-def _settings(args: argparse.Namespace) -> TrainSettings:
-    return TrainSettings(dataset=args.dataset, data_root=args.data_root, epochs=args.epochs,
-                         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                         momentum=args.momentum, weight_decay=args.weight_decay,
-                         schedule=args.schedule, label_smoothing=args.label_smoothing,
-                         augment=args.augment, device=args.device, seed=args.seed,
-                         width=args.width, sync_bn=args.sync_bn, weights=args.weights,
-                         freeze=args.freeze)
-
-
 def _image_size(args: argparse.Namespace) -> int | None:
     """The square side --input asks for (None: the data set's own size)."""
     if args.input is None:
@@ -114,6 +135,78 @@ def _image_size(args: argparse.Namespace) -> int | None:
     if h != w:
         raise UsageError(f"--input must be square (the images are resized to one side), got {args.input}")
     return h
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings flags given on the command line, as TrainSettings fields."""
+    return {field_: getattr(args, dest) for dest, field_ in SETTING_FLAGS.items()
+            if getattr(args, dest) is not None}
+
+
+def _settings(args: argparse.Namespace) -> TrainSettings:
+    return TrainSettings(**_given(args))
+
+
+@dataclass
+class _Plan:
+    """What to train: a new run (spec None: the preset, made once the data is known) or,
+    with `checkpoint`, the run in `run_dir` continued."""
+    settings: TrainSettings
+    spec: dict | None
+    train_size: int | None
+    test_size: int | None
+    image_size: int | None = None
+    checkpoint: Any = None
+    run_dir: Path | None = None
+    note: str = ""
+    dataset_info: dict = field(default_factory=dict)
+
+
+def _resume_plan(args: argparse.Namespace) -> _Plan:
+    """Read the run to resume (every process reads it): settings, spec, checkpoint."""
+    from lab.runs import RunError, load_checkpoint, read_run_json, read_run_metrics
+    extra = [f"--{dest.replace('_', '-')}" for dest in SETTING_FLAGS
+             if getattr(args, dest) is not None and dest not in RESUME_MAY_CHANGE]
+    extra += [f"--{n.replace('_', '-')}" for n in ("train_size", "test_size", "input", "out")
+              if getattr(args, n) is not None]
+    if extra:
+        raise UsageError(f"--resume continues a run with its own settings and folder; "
+                         f"{', '.join(extra)} cannot change (only --epochs, --stop-after, --device, "
+                         f"--data-root and --report-interval can)")
+    path = Path(args.resume)
+    try:
+        if not path.is_dir():
+            raise RunError(f"{path} is not a run folder")
+        spec = read_run_json(path / "spec.json")
+        saved = read_run_json(path / "settings.json")
+        info = read_run_json(path / "dataset.json")
+        end = next((e for e in reversed(read_run_metrics(path / "metrics.jsonl"))
+                    if e.get("type") == "end"), None)
+        ck = load_checkpoint(path)
+    except RunError as e:
+        raise UsageError(str(e)) from None
+    overrides = {k: v for k, v in _given(args).items() if k in RESUME_MAY_CHANGE}
+    settings = TrainSettings.from_dict({**saved, **overrides})
+    planned = int(ck.meta.get("epochs", settings.epochs))
+    if settings.epochs <= ck.epoch:
+        done = "completed" if end and end.get("status") == "completed" else "trained"
+        raise UsageError(f"{path} has {done} {ck.epoch} epoch(s); give --epochs N with N above "
+                         f"{ck.epoch} to train it longer")
+    if end is None:
+        why = "it ended without an end record: killed or crashed"
+    elif end.get("status") == "completed":
+        why = f"it had completed its {planned} epoch(s)"
+    else:
+        why = f"it {end.get('status', 'ended')} at {end.get('epochs', 0):g} epoch(s)"
+    note = f"resuming {path} from its checkpoint at the end of epoch {ck.epoch} ({why})"
+    if end is not None and (end.get("epochs") or 0) > ck.epoch:
+        note += f"; the steps after epoch {ck.epoch} are trained again"
+    if settings.epochs != planned:
+        note += (f"; {settings.epochs} epochs in all instead of {planned}: the remaining steps "
+                 f"follow the learning-rate schedule for {settings.epochs}")
+    load = info.get("load") if isinstance(info, dict) and isinstance(info.get("load"), dict) else {}
+    return _Plan(settings, spec, load.get("train_size"), load.get("test_size"), load.get("image_size"),
+                 ck, path, note)
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -173,16 +266,18 @@ class _Display:
             print(json.dumps(e), flush=True)
         kind = e["type"]
         if kind == "start":
+            self.done = (e.get("resumed_from") or {}).get("step", 0)
             if sys.stderr.isatty():
                 from tqdm import tqdm
-                self.bar = tqdm(total=e["total_steps"], file=sys.stderr, unit="step",
-                                dynamic_ncols=True, leave=True)
+                self.bar = tqdm(total=e["total_steps"], initial=self.done, file=sys.stderr,
+                                unit="step", dynamic_ncols=True, leave=True)
             if not self.as_json:
                 procs = e.get("processes", 1)
                 where = e["device_name"] if procs == 1 else f"{procs} processes ({e['device_name']})"
+                steps = (f"{e['total_steps']:,} steps" if not self.done else
+                         f"steps {self.done + 1:,} to {e['total_steps']:,}")
                 self.say(f"training on {where}: {e['params']:,} parameters, "
-                         f"{e['train_size']:,} training / {e['test_size']:,} test images, "
-                         f"{e['total_steps']:,} steps")
+                         f"{e['train_size']:,} training / {e['test_size']:,} test images, {steps}")
         elif kind == "step" and self.bar is not None:
             self.bar.update(e["step"] - self.done)
             self.done = e["step"]
@@ -237,23 +332,27 @@ def run(args: argparse.Namespace) -> int:
     except distributed.DistributedError as e:
         raise UsageError(str(e)) from None
     with _said_once(distributed.rank_from_env()):
-        settings = _settings(args)                  # ValueError -> one line, exit 2
         _positive("--train-size", args.train_size)
         _positive("--test-size", args.test_size)
-        _image_size(args)
-        spec = read_spec_file(args.spec) if args.spec else None
-        if args.preset:
-            get_preset(args.preset)                 # unknown names fail before data loads
+        _positive("--stop-after", args.stop_after)
+        if args.resume:
+            plan = _resume_plan(args)
+        else:
+            settings = _settings(args)              # ValueError -> one line, exit 2
+            spec = read_spec_file(args.spec) if args.spec else None
+            if args.preset:
+                get_preset(args.preset)             # unknown names fail before data loads
+            plan = _Plan(settings, spec, args.train_size, args.test_size, _image_size(args))
         if world == 1:
-            choose_device(settings.device)
+            choose_device(plan.settings.device)
     if world == 1:
-        return _train(args, settings, spec, None)[0]
+        return _train(args, plan, None)[0]
     try:
-        dist = distributed.setup(settings.device)   # may differ by process: each one says
+        dist = distributed.setup(plan.settings.device)   # may differ by process: each one says
     except distributed.DistributedError as e:
         raise UsageError(str(e)) from None
     try:
-        code, together = _train(args, settings, spec, dist)
+        code, together = _train(args, plan, dist)
         # After a run every process ended alike (completed, stopped, diverged), all wait for
         # rank 0 to save. One that failed alone (out of memory) leaves at once: the others
         # may be inside a collective it will never join; torchrun stops them.
@@ -267,20 +366,31 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
-           dist) -> tuple[int, bool]:
-    """Load the data, train, save (rank 0): (exit status, whether the run ended the same
-    way in every process)."""
+def _open_writer(args: argparse.Namespace, plan: _Plan, spec_name: str):
+    """Rank 0's RunWriter: the resumed run's folder (locked), or a new one under --out."""
+    from lab.runs import RunError, RunWriter
+    if plan.run_dir is None:
+        return RunWriter(args.out or runs_dir_default(), spec_name)
+    try:
+        return RunWriter.resume(plan.run_dir)
+    except RunError as e:
+        raise UsageError(str(e)) from None
+
+
+def _train(args: argparse.Namespace, plan: _Plan, dist) -> tuple[int, bool]:
+    """Load the data, train, save (rank 0) at every epoch's end and at the end: (exit
+    status, whether the run ended the same way in every process)."""
     from lab.datasets import load_dataset
-    from lab.runs import save_run
+    from lab.runs import RunParts
     from presets import load_preset
 
     main = dist is None or dist.is_main
+    settings, spec = plan.settings, plan.spec
 
     def load():
-        return load_dataset(args.dataset, args.data_root, seed=args.seed,
-                            download=not args.no_download, image_size=_image_size(args),
-                            train_size=args.train_size, test_size=args.test_size)
+        return load_dataset(settings.dataset, settings.data_root, seed=settings.seed,
+                            download=not args.no_download, image_size=plan.image_size,
+                            train_size=plan.train_size, test_size=plan.test_size)
     if dist is None:
         ds = load()
     else:   # one process per machine downloads; the others then read its files
@@ -294,7 +404,8 @@ def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
             spec = load_preset(args.preset, input_shape=ds.input_shape, classes=len(ds.classes),
                                width=args.width)
         try:
-            trainer = Trainer(spec, settings, ds, dist=dist)
+            trainer = Trainer(spec, settings, ds, dist=dist, resume=plan.checkpoint,
+                              stop_after=args.stop_after)
         except TrainingError as e:
             raise UsageError(str(e)) from None
         watcher = make_watcher(args, ds, trainer.model) if args.watch and main else None
@@ -303,27 +414,44 @@ def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
         print(f"weights from {w['source']}: {w['summary']}; {w['trainable_params']:,} parameters to train"
               + (" (backbone frozen)" if w["freeze"] == "backbone" else ""), flush=True)
     display = _Display(args.json) if main else _Silent()
+    writer = _open_writer(args, plan, trainer.spec.get("name", "network")) if main else None
+    load_args = {"train_size": plan.train_size, "test_size": plan.test_size, "image_size": plan.image_size}
+
+    def parts() -> RunParts:
+        return RunParts.from_trainer(trainer, load=load_args)
     end: dict = {}
+    if plan.note:
+        display.say(plan.note)
     try:
         with _ctrl_c_stops(trainer, display.say):
             for event in trainer.run():
                 display.event(event)
-                if event["type"] == "end":
-                    end = event
                 snap = watcher.on_event(event, trainer) if watcher is not None else None
                 if snap is not None:
                     trainer.history.append(snap)    # saved with the run's events
                     display.event(snap)
+                if event["type"] == "epoch":
+                    # After the watch snapshot, so that the checkpoint's events hold it too.
+                    checkpoint = trainer.checkpoint()       # every process: a collective
+                    if writer is not None:
+                        _save(writer, parts(), checkpoint, display, event["epoch"])
+                elif event["type"] == "end":
+                    end = event
+        status = end.get("status")
+        together = status != "failed"           # out of memory can happen in one process alone
+        if not main:
+            if status == "failed":
+                print(f"error: process {dist.rank}: {end['message']}", file=sys.stderr)
+            return (1 if status in ("diverged", "failed") else 0), together
+        # A failed run (out of memory) keeps its folder as the last checkpoint left it.
+        run_dir = None if status == "failed" else _save(writer, parts(), None, display, None)
     finally:
         if display.bar is not None:
             display.bar.close()
-    status = end.get("status")
-    together = status != "failed"           # out of memory can happen in one process alone
-    if not main:
-        if status == "failed":
-            print(f"error: process {dist.rank}: {end['message']}", file=sys.stderr)
-        return (1 if status in ("diverged", "failed") else 0), together
-    run_dir = None if status == "failed" else save_run(trainer, args.out)
+        if writer is not None:
+            writer.close()
+    if status != "failed" and run_dir is None:
+        return 1, together
     if args.json:
         print(json.dumps({**end, "run_dir": None if run_dir is None else str(run_dir)}), flush=True)
     else:
@@ -335,3 +463,19 @@ def _train(args: argparse.Namespace, settings: TrainSettings, spec: dict | None,
         print(f"error: {end['message']}", file=sys.stderr)
         return 1, together
     return 0, together
+
+
+def _save(writer, parts, checkpoint, display, epoch: int | None):
+    """Write the run (with a checkpoint at an epoch's end); a disk that is full or gone is
+    one line, and the folder keeps its previous complete state."""
+    try:
+        return writer.save(parts, checkpoint)
+    except OSError as e:
+        what = (f"the checkpoint after epoch {epoch}" if epoch is not None else "the run")
+        reason = e.strerror or str(e)
+        if epoch is not None:
+            display.say(f"warning: {what} could not be written to {writer.path} ({reason}); "
+                        f"the previous checkpoint is kept and training goes on")
+        else:
+            print(f"error: {what} could not be written to {writer.path} ({reason})", file=sys.stderr)
+        return None

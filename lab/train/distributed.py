@@ -83,6 +83,14 @@ class Distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """`tensor` (the same shape in every process) from every process, in rank order, as
+        CPU tensors (a collective: all must call it). Checkpoints gather generator states."""
+        t = tensor.to(self.device)
+        out = [torch.empty_like(t) for _ in range(self.world_size)]
+        dist.all_gather(out, t)
+        return [o.cpu() for o in out]
+
     def broadcast_buffers(self, model: nn.Module) -> None:
         """Give every process rank 0's buffers (BatchNorm running statistics), so that all
         of them evaluate the network rank 0 saves."""

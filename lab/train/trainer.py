@@ -39,6 +39,8 @@ from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
 import blocks
 from blocks.summary import summarize
+from lab.train.checkpoint import (FORMAT, Checkpoint, cpu_copy, global_rng_states,
+                                  optimizer_from_flat, optimizer_to_flat, set_global_rng_states)
 from lab.train.device import DEVICES, choose_device, device_name, synchronize, usable_cpus
 from lab.train.precise_bn import batch_norms, recompute_bn_stats
 
@@ -311,10 +313,18 @@ class Trainer:
     summed over processes (so all of them see the same events). A report is a collective
     that every process must reach at the same step, so its spacing is counted in steps: each
     report sets the next from the mean step time, about `report_interval` seconds ahead.
+
+    Checkpoints (lab/train/checkpoint.py): right after `run()` yields an "epoch" event,
+    `checkpoint()` returns the run's whole state; `Trainer(..., resume=checkpoint)` goes on
+    from there, bit for bit as if never stopped when `settings` are the run's own. With
+    more `settings.epochs` than the run had planned, the remaining steps follow the
+    learning-rate schedule of the new total. `stop_after=K` ends the run ("stopped") at the
+    boundary after epoch K, in every process alike.
     """
 
     def __init__(self, spec: dict, settings: TrainSettings, dataset: "Dataset | None" = None,
-                 *, max_device_bytes: int | None = None, dist: "Distributed | None" = None):
+                 *, max_device_bytes: int | None = None, dist: "Distributed | None" = None,
+                 resume: Checkpoint | None = None, stop_after: int | None = None):
         if not isinstance(settings, TrainSettings):
             raise TypeError("settings must be a TrainSettings")
         self.settings = settings
@@ -362,8 +372,68 @@ class Trainer:
         self.steps_per_epoch = max(1, n // b)
         self.epoch_images = min(n, self.steps_per_epoch * b) // self.world * self.world
         self.total_steps = self.steps_per_epoch * settings.epochs
+        if stop_after is not None and (not _is_int(stop_after) or stop_after < 1):
+            raise TrainingError(f"stop after must be a whole number of epochs >= 1, got {stop_after!r}")
+        self.stop_after = stop_after
+        self._resume = resume
+        self._boundary: tuple[int, int, int] | None = None   # (epoch, step, report_in) at an epoch event
+        self._loop: dict = {}
+        if resume is not None:
+            self._check_resume(resume)
+            try:
+                self.model.load_state_dict(resume.model_state(), strict=True)
+            except RuntimeError as e:
+                raise TrainingError(f"the checkpoint's weights do not fit the network: "
+                                    f"{' '.join(str(e).split())[:200]}") from None
+
+    def _check_resume(self, ck: Checkpoint) -> None:
+        meta, s = ck.meta, self.settings
+        if meta.get("format") != FORMAT:
+            raise TrainingError(f"the checkpoint has format {meta.get('format')!r}; this version reads {FORMAT}")
+        if meta.get("steps_per_epoch") != self.steps_per_epoch:
+            raise TrainingError(
+                f"the checkpoint was taken at {meta.get('steps_per_epoch')} steps per epoch and this "
+                f"run has {self.steps_per_epoch} (another data set size or batch size); resume with "
+                f"the run's own settings")
+        if ck.step != ck.epoch * self.steps_per_epoch:
+            raise TrainingError(f"the checkpoint's step {ck.step} is not the end of its epoch {ck.epoch}")
+        if ck.epoch >= s.epochs:
+            raise TrainingError(f"the run has already trained {ck.epoch} of {s.epochs} epochs; "
+                                f"ask for more epochs to continue it")
 
     # -- public API
+
+    def checkpoint(self) -> Checkpoint:
+        """The run's state at the epoch boundary it is paused at: call it right after
+        `run()` yielded an "epoch" event (and before asking for the next one). Under
+        torchrun every process must call it: each process's global generator is gathered
+        (a collective), so the checkpoint holds all of them."""
+        if self._boundary is None:
+            raise TrainingError("a checkpoint can only be taken right after an epoch event")
+        epoch, step, report_in = self._boundary
+        loop, p, s = self._loop, self._progress, self.settings
+        tensors = {f"model.{k}": cpu_copy(v) for k, v in self.model.state_dict().items()}
+        opt_tensors, opt_meta = optimizer_to_flat(loop["optimizer"].state_dict())
+        tensors.update(opt_tensors)
+        tensors["rng.order"] = loop["perm_gen"].get_state()
+        tensors["rng.augment"] = loop["aug_gen"].get_state()
+        for name, state in global_rng_states(self.device).items():
+            per_rank = [state] if self.dist is None else self.dist.gather(state)
+            for rank, t in enumerate(per_rank):
+                tensors[f"rng.global.{name}.{rank}"] = t
+        scaler = loop["scaler"]
+        meta = {
+            "format": FORMAT, "epoch": epoch, "step": step, "epochs": s.epochs,
+            "steps_per_epoch": self.steps_per_epoch, "processes": self.world,
+            "report_in": report_in, "settings": s.to_dict(),
+            "progress": {k: p.get(k) for k in ("steps", "train_loss", "test_acc", "best", "images",
+                                               "train_time", "evaluated_at")},
+            "elapsed_s": time.perf_counter() - p["t0"],
+            "optimizer": opt_meta, "scaler": None if scaler is None else scaler.state_dict(),
+            "resumes": list(self._resume.meta.get("resumes", [])) + [self._resumed_from]
+            if self._resume is not None else [],
+            "events": list(self.history)}
+        return Checkpoint(tensors, meta)
 
     def stop(self) -> None:
         """Ask the run to end before its next batch (thread-safe)."""
@@ -442,6 +512,8 @@ class Trainer:
         dist, world = self.dist, self.world
         net = model if dist is None else dist.wrap(model, sync_bn=s.sync_bn)
         scaler = torch.amp.GradScaler(dev.type) if precision.use_scaler else None
+        # The schedule for the planned total; a resumed run with more epochs than it had
+        # planned follows the new total's schedule from where it is.
         lrs = lr_schedule(s, self.total_steps)
         criterion = nn.CrossEntropyLoss(label_smoothing=s.label_smoothing)
         perm_gen = torch.Generator().manual_seed(s.seed)
@@ -454,25 +526,35 @@ class Trainer:
         # Dropout draws from torch's global generator: seed it here, so the masks do not
         # depend on what ran since the model was built, and differ between processes.
         torch.manual_seed(s.seed + DROPOUT_SEED_OFFSET + (dist.rank if dist else 0))
-        yield self._emit({
+        self._loop = {"optimizer": optimizer, "scaler": scaler, "perm_gen": perm_gen, "aug_gen": aug_gen}
+        first_epoch, step = 1, 0
+        report_in = 1       # under torchrun: steps to the next report (first after one step)
+        start = {
             "type": "start", "device": str(dev), "device_name": device_name(dev),
             "params": sum(q.numel() for q in model.parameters()), "flops": int(summary.flops),
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
             "train_size": len(ds.train_y), "test_size": len(ds.test_y),
             "classes": list(ds.classes), "data_on_device": on_device,
             "processes": world, "batch_per_process": s.batch_size // world,
-            "start_weights": self.start_weights})
+            "start_weights": self.start_weights}
+        if self._resume is None:
+            yield self._emit(start)
+        else:
+            # The run's own events so far are the history; this start event is only yielded
+            # (for progress displays), so the record reads as one uninterrupted run.
+            first_epoch, step, report_in = self._restore(self._resume)
+            yield {**start, "resumed_from": self._resumed_from}
 
         b, spe = s.batch_size // world, self.steps_per_epoch     # b: this process's share
         interval = s.report_interval
         halt = False        # under torchrun: the stop all processes agreed on at the last report
-        report_in = 1       # under torchrun: steps to the next report (first after one step)
         groups = optimizer.param_groups
-        step = 0
         epoch_losses, correct, seen = [], None, 0     # of the epoch in progress
         model.train()
-        for epoch in range(1, s.epochs + 1):
+        for epoch in range(first_epoch, s.epochs + 1):
             if halt if dist else self._stop.is_set():
+                break
+            if self.stop_after is not None and epoch > self.stop_after:
                 break
             # Every process draws the same order and flips, then takes its shard of them.
             order = torch.randperm(len(ds.train_y), generator=perm_gen)[:self.epoch_images]
@@ -577,6 +659,7 @@ class Trainer:
             test_loss, test_acc = self._evaluate(test, autocast, channels_last)
             p["test_acc"], p["best"] = test_acc, _best(p["best"], test_acc)
             p["evaluated_at"] = step
+            self._boundary = (epoch, step, report_in)      # checkpoint() may be called now
             yield self._emit({
                 "type": "epoch", "epoch": epoch,
                 "train_loss": _finite(sum(epoch_losses) / len(epoch_losses)),
@@ -584,6 +667,7 @@ class Trainer:
                 "test_loss": _finite(test_loss), "test_acc": _finite(test_acc),
                 "images_per_sec": _finite(seen / max(train_time, 1e-9)),
                 "elapsed_s": round(time.perf_counter() - p["t0"], 3), "lr": lrs[step - 1]})
+            self._boundary = None
         if step == self.total_steps:
             yield self._emit(self._end_event("completed", f"trained {s.epochs} epoch(s)"))
             return
@@ -604,6 +688,39 @@ class Trainer:
         yield self._emit(self._end_event(
             "stopped", f"stopped after {step} of {self.total_steps} steps "
                        f"({step / spe:.2f} epochs)"))
+
+    def _restore(self, ck: Checkpoint) -> tuple[int, int, int]:
+        """Put the loop's state back as `ck` holds it: (first epoch, step, report_in).
+        Called in `_run` once the optimizer and generators exist (the model's weights were
+        loaded in __init__)."""
+        loop, meta, dev = self._loop, ck.meta, self.device
+        state = optimizer_from_flat(ck.tensors, meta["optimizer"])
+        # How the update is computed (fused kernel, foreach) follows this device, not the saved one.
+        for saved, live in zip(state["param_groups"], loop["optimizer"].param_groups):
+            saved.update({k: live[k] for k in ("fused", "foreach", "capturable") if k in live})
+        loop["optimizer"].load_state_dict(state)
+        if loop["scaler"] is not None and meta.get("scaler"):
+            loop["scaler"].load_state_dict(meta["scaler"])
+        loop["perm_gen"].set_state(ck.tensors["rng.order"])
+        loop["aug_gen"].set_state(ck.tensors["rng.augment"])
+        rank = 0 if self.dist is None else self.dist.rank
+        same_world = meta.get("processes") == self.world
+        if same_world:
+            states = {name: ck.tensors[f"rng.global.{name}.{rank}"] for name in ("cpu", "cuda", "mps")
+                      if f"rng.global.{name}.{rank}" in ck.tensors}
+            set_global_rng_states(states, dev)
+        else:
+            # Another number of processes: the data order goes on exactly, dropout's masks
+            # are drawn from a fresh seed per process.
+            torch.manual_seed(self.settings.seed + DROPOUT_SEED_OFFSET + rank + 7919 * ck.epoch)
+        self.history = ck.events
+        p = self._progress
+        p.update({k: v for k, v in meta["progress"].items()})
+        p["t0"] = time.perf_counter() - float(meta.get("elapsed_s", 0.0))
+        self._resumed_from = {"epoch": ck.epoch, "step": ck.step, "planned_epochs": meta.get("epochs"),
+                              "epochs": self.settings.epochs, "exact": same_world and
+                              meta.get("epochs") == self.settings.epochs}
+        return ck.epoch + 1, ck.step, int(meta.get("report_in", 1))
 
     def _reduce_report(self, losses: list[torch.Tensor], seconds: float) -> tuple[list[float], bool, float]:
         """Under torchrun: the per-step losses averaged over processes, whether any process
