@@ -359,3 +359,163 @@ def list_runs(root: str | Path = "runs") -> list[Path]:
     return sorted(p for p in root.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and (p / "weights.safetensors").exists()
                   and (p / "spec.json").exists())
+
+
+# ---------------------------------------------------------------- the runs folder
+
+RUNS_ENV = "CONVSCOPE_RUNS_DIR"
+
+
+def default_root() -> Path:
+    """The runs folder the app and `lab train` share: $CONVSCOPE_RUNS_DIR, else ./runs."""
+    return Path(os.environ.get(RUNS_ENV) or "runs")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """One entry of a runs folder listing. `damaged` says why a folder cannot be opened
+    ("" when it can); such entries carry only their path and name."""
+    path: Path
+    name: str                       # the folder's name (the run's id)
+    network: str = ""
+    dataset: str = ""
+    accuracy: float | None = None   # best test accuracy
+    date: float = 0.0               # when it was written (seconds since the epoch)
+    status: str = ""                # completed | stopped | diverged | failed | running | interrupted
+    epochs: float | None = None
+    damaged: str = ""
+
+    @property
+    def label(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.date)) if self.date else "?"
+        if self.damaged:
+            return f"{self.name} · damaged: {self.damaged}"
+        acc = "" if self.accuracy is None else f" · {100 * self.accuracy:.1f}%"
+        return f"{self.name} · {self.network} · {self.dataset}{acc} · {self.status} · {when}"
+
+
+def locked(path: Path) -> bool:
+    """Whether a process is writing the run in `path` now (training it)."""
+    if not (path / LOCK).exists():
+        return False
+    lock = FileLock(str(path / LOCK), blocking=False)
+    try:
+        lock.acquire()
+    except (Timeout, OSError):
+        return True
+    lock.release()
+    return False
+
+
+def _weights_problem(path: Path, spec: dict) -> str:
+    """Why weights.safetensors does not fit `spec` (names and shapes, read from the header
+    only), or ""."""
+    try:
+        with safe_open(str(path / "weights.safetensors"), "pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except FileNotFoundError:
+        return "weights.safetensors is missing"
+    except (SafetensorError, OSError, ValueError) as e:
+        return f"weights.safetensors is not a valid safetensors file ({str(e).splitlines()[0][:80]})"
+    try:
+        model = blocks.build(spec, device="meta")
+    except blocks.SpecError as e:
+        return f"spec.json cannot be built ({e})"
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if want != shapes:
+        bad = sorted(set(want) ^ set(shapes)) or [k for k in want if want[k] != shapes[k]]
+        return f"weights.safetensors does not fit spec.json ({bad[0]})"
+    return ""
+
+
+def run_info(path: str | Path) -> RunInfo:
+    """What a listing shows of one run folder; a damaged one comes back with the reason."""
+    path = Path(path)
+    try:
+        spec = _read_json(path / "spec.json")
+        settings = _read_json(path / "settings.json")
+        info = _read_json(path / "dataset.json")
+        metrics = _read_metrics(path / "metrics.jsonl")
+        if not all(isinstance(x, dict) for x in (spec, settings, info)):
+            raise RunError("spec.json, settings.json and dataset.json must each hold a JSON object")
+        problem = _weights_problem(path, spec)
+        if problem:
+            raise RunError(problem)
+    except RunError as e:
+        reason = str(e).replace(str(path), "").strip(" /:") or "unreadable"
+        return RunInfo(path, path.name, damaged=reason[:200])
+    events = [e for e in metrics if isinstance(e, dict)]
+    end = next((e for e in reversed(events) if e.get("type") == "end"), None)
+    accs = [e.get("test_acc") for e in events if e.get("type") in ("epoch", "end")]
+    accs = [a for a in accs if isinstance(a, (int, float)) and not isinstance(a, bool)]
+    epochs = [e.get("epoch") for e in events if e.get("type") == "epoch"]
+    if end is not None:
+        status, done = str(end.get("status", "ended")), end.get("epochs")
+    else:
+        status = "running" if locked(path) else "interrupted"
+        done = epochs[-1] if epochs else 0
+    try:
+        date = (path / "spec.json").stat().st_mtime
+    except OSError:
+        date = 0.0
+    return RunInfo(path, path.name, str(spec.get("name", "network")),
+                   str(settings.get("dataset") or info.get("name", "?")),
+                   max(accs) if accs else None, date, status,
+                   done if isinstance(done, (int, float)) else None)
+
+
+def scan_runs(root: str | Path | None = None) -> list[RunInfo]:
+    """Every run folder under `root` (default: `default_root()`), newest first; damaged ones
+    are included with `damaged` set (callers list them as such and skip them). Hidden
+    entries (temporary folders of writers at work) are not runs."""
+    root = default_root() if root is None else Path(root)
+    try:
+        entries = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+    infos = [run_info(p) for p in entries]
+    return sorted(infos, key=lambda r: (r.date, r.name), reverse=True)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,79}$")
+
+
+def _run_in(root: Path, name: str) -> Path:
+    if not isinstance(name, str) or not _NAME.match(name) or name.strip() != name or ".." in name:
+        raise RunError(f"{str(name)[:40]!r} is not a run name (letters, digits, space, . _ + -; "
+                       f"up to 80, not starting with a dot)")
+    return root / name
+
+
+def rename_run(root: str | Path, name: str, new_name: str) -> Path:
+    """Rename the run `name` under `root` to `new_name`; returns the new path."""
+    root = Path(root)
+    src, dst = _run_in(root, name), _run_in(root, new_name.strip() if isinstance(new_name, str) else new_name)
+    if not src.is_dir():
+        raise RunError(f"there is no run {name!r}")
+    if dst.exists():
+        raise RunError(f"a run named {new_name.strip()!r} exists already")
+    if locked(src):
+        raise RunError(f"{name} is still training; rename it when it has ended")
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        raise RunError(f"{name} could not be renamed ({e.strerror or e})") from None
+    return dst
+
+
+def delete_run(root: str | Path, name: str) -> None:
+    """Delete the run `name` under `root`: first renamed to a hidden name (it leaves the
+    listing at once, whole), then removed."""
+    root = Path(root)
+    src = _run_in(root, name)
+    if not src.is_dir():
+        raise RunError(f"there is no run {name!r}")
+    if locked(src):
+        raise RunError(f"{name} is still training; stop it before deleting it")
+    gone = root / f"{TMP_PREFIX}deleted-{secrets.token_hex(4)}-{name}"
+    try:
+        os.rename(src, gone)
+    except OSError as e:
+        raise RunError(f"{name} could not be deleted ({e.strerror or e})") from None
+    shutil.rmtree(gone, ignore_errors=True)

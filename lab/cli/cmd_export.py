@@ -2,6 +2,7 @@
 
     python -m lab export --run runs/DIR --format py      # network + load/predict/train (torchrun)
     python -m lab export --run runs/DIR --format onnx --out model.onnx
+    python -m lab export --run runs/DIR --format run --out DIR.zip      # the whole run, for the app
 
 Prints the path of the file it wrote.
 """
@@ -13,7 +14,8 @@ from lab.export.formats import FORMATS, export_run
 
 FORMAT_HELP = ("py: a standalone PyTorch file (torch alone; trains under torchrun), "
                "onnx: the network in ONNX (dynamic batch), safetensors: the weights, "
-               "spec: the network spec as JSON, csv: the per-epoch metrics")
+               "spec: the network spec as JSON, csv: the per-epoch metrics, "
+               "run: the run folder as a .zip (the app opens it; unzip it to --resume it)")
 
 
 def add_parser(subparsers) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import sys
 import threading
@@ -46,7 +45,8 @@ RESUME_MAY_CHANGE = ("epochs", "device", "data_root", "report_interval")
 
 def runs_dir_default() -> str:
     """$CONVSCOPE_RUNS_DIR, else runs/ (the app's default too)."""
-    return os.environ.get("CONVSCOPE_RUNS_DIR") or "runs"
+    from lab.runs import default_root
+    return str(default_root())
 
 
 def add_parser(subparsers) -> None:

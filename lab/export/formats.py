@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from lab.export.codegen import ExportError, generate
 
-FORMATS = ("py", "onnx", "safetensors", "spec", "csv")
+FORMATS = ("py", "onnx", "safetensors", "spec", "csv", "run")
 EPOCH_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
                  "images_per_sec", "elapsed_s")
 STEP_COLUMNS = ("step", "epoch", "loss", "lr", "images_per_sec", "eta_s", "progress")
@@ -220,12 +220,13 @@ def default_name(spec_name: str, fmt: str) -> str:
     if stem[0].isdigit():
         stem = f"net_{stem}"
     return {"py": f"{stem}.py", "onnx": f"{stem}.onnx", "safetensors": f"{stem}.safetensors",
-            "spec": f"{stem}.json", "csv": f"{stem}_metrics.csv"}[fmt]
+            "spec": f"{stem}.json", "csv": f"{stem}_metrics.csv", "run": f"{stem}_run.zip"}[fmt]
 
 
 def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike = ".") -> Path:
-    """Export a saved run in one format (py | onnx | safetensors | spec | csv). `out` is a
-    file, or an existing folder (or one ending in a separator) to put a default name in."""
+    """Export a saved run in one format (py | onnx | safetensors | spec | csv | run: the
+    folder as a .zip that the app and `--resume` take back). `out` is a file, or an
+    existing folder (or one ending in a separator) to put a default name in."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     from lab.runs import load_run
@@ -233,7 +234,11 @@ def export_run(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike = ".
     out_text = os.fspath(out)
     target = Path(out_text)
     if target.is_dir() or out_text.endswith(("/", os.sep)):
-        target = target / default_name(run.spec.get("name", "network"), fmt)
+        target = target / (f"{Path(run_dir).name}.zip" if fmt == "run" else
+                           default_name(run.spec.get("name", "network"), fmt))
+    if fmt == "run":
+        from lab.runzip import zip_run
+        return zip_run(run_dir, target)
     if fmt == "spec":
         return export_spec(run.spec, target)
     if fmt == "csv":
