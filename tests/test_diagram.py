@@ -125,3 +125,22 @@ def test_cli_writes_svg_and_html(tmp_path, capsys):
     assert "--out must end in .svg or .html" in capsys.readouterr().err
     assert main(["diagram", "--preset", "lenet5", "--expand", "12", "--out", str(out)]) == 2
     assert main(["diagram", "--preset", "lenet5", "--expand", "some", "--out", str(out)]) == 2
+
+
+def test_app_handlers_expand_select_and_download(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from ui import diagram as ui_diagram
+    spec = presets.load_preset("ResNet-18 + CBAM", (3, 32, 32), width=0.25)
+    expanded, markup = ui_diagram.on_toggle_expand(spec, 1, [])
+    assert expanded == [1] and "data-node='0.attn.spatial.conv'" in markup
+    assert "cs-layer cs-selected' data-layer='1'" in markup
+    expanded, markup = ui_diagram.on_toggle_expand(spec, 1, expanded)
+    assert expanded == [] and "cs-node" not in markup
+    out = ui_diagram.on_diagram_click(spec, [1], gr.EventData(None, {"layer": 4, "node": ""}))
+    assert out[0]["value"] == 4 and "basic_residual" in out[1]["value"]
+    out = ui_diagram.on_diagram_click(spec, [], gr.EventData(None, {"layer": 99}))
+    assert all(u == gr.update() for u in out)
+    assert "empty" in ui_diagram.diagram_markup({"layers": []})
+    bad = dict(spec, layers=spec["layers"] + [{"block": "conv"}])
+    assert "data-kind='error'" in ui_diagram.diagram_markup(bad, 0, [0])

@@ -272,6 +272,8 @@ def layout(ui: SimpleNamespace) -> None:
                     ui.upload_btn = gr.UploadButton("Load spec file", file_types=[".json"],
                                                     type="filepath")
                 ui.spec_file = gr.File(label="Spec file", interactive=False, visible=False)
+        from ui import diagram
+        diagram.layout(ui)
         cost.layout(ui)
     ui.form = [ui.help_md, ui.repeat_num] + ui.slots
     # Everything build_views() returns, in its order.
@@ -301,4 +303,6 @@ def wire(ui: SimpleNamespace) -> None:
                       [ui.session_state, ui.spec_file], api_name="save_spec")
     ui.upload_btn.upload(on_upload_spec, [ui.upload_btn, ui.spec_state, ui.session_state],
                          [ui.session_state] + views, api_name="upload_spec")
+    from ui import diagram
+    diagram.wire(ui)
     cost.wire(ui)
