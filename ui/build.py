@@ -15,7 +15,7 @@ import gradio as gr
 from blocks import SpecError, edit
 from blocks.registry import get_block
 from presets import DEFAULT_CLASSES, DEFAULT_INPUT, DEFAULT_PRESET, DEFAULT_WIDTH, list_presets, load_preset
-from ui import cost
+from ui import cost, diagram
 from ui.common import EMPTY, get_session, spec_of, user_errors
 
 FORM_SLOTS = 10
@@ -272,7 +272,6 @@ def layout(ui: SimpleNamespace) -> None:
                     ui.upload_btn = gr.UploadButton("Load spec file", file_types=[".json"],
                                                     type="filepath")
                 ui.spec_file = gr.File(label="Spec file", interactive=False, visible=False)
-        from ui import diagram
         diagram.layout(ui)
         cost.layout(ui)
     ui.form = [ui.help_md, ui.repeat_num] + ui.slots
@@ -303,6 +302,5 @@ def wire(ui: SimpleNamespace) -> None:
                       [ui.session_state, ui.spec_file], api_name="save_spec")
     ui.upload_btn.upload(on_upload_spec, [ui.upload_btn, ui.spec_state, ui.session_state],
                          [ui.session_state] + views, api_name="upload_spec")
-    from ui import diagram
     diagram.wire(ui)
     cost.wire(ui)
