@@ -32,6 +32,7 @@ def test_watch_snapshots_stream_beside_the_curves(app_env, one_thread):
     s = outs[0][0]
     watched = [o[7] for o in outs if isinstance(o[7], go.Figure)]
     assert watched and len(watched[-1].frames) == 2          # one snapshot per epoch, replayable
+    assert watched[-1].data[0].type == "image"               # the watched image beside the map
     rec = s.run(None)
     assert [e["epoch"] for e in rec.events if e["type"] == "watch"] == [1.0, 2.0]
     assert outs[-1][-2]["interactive"] is True

@@ -39,13 +39,23 @@ def watch_request(spec: dict, view: Any, index: Any) -> dict | None:
     return {"view": view, "index": to_int(index, "watched image")}
 
 
-def watch_plot(events: list[dict], shown: int) -> tuple[Any, int]:
+def watch_plot(events: list[dict], shown: int, image: Any = None) -> tuple[Any, int]:
     """(the watch figure when a new snapshot arrived, else gr.skip(); snapshots drawn)."""
     snaps = [e for e in events if e.get("type") == "watch"]
     if len(snaps) == shown:
         return gr.skip(), shown
     from visual.watch import watch_figure
-    return watch_figure(snaps).figure, len(snaps)
+    return watch_figure(snaps, image=image).figure, len(snaps)
+
+
+def _watched_image(s: Session, settings: Any, train_size: int | None, index: int) -> Any:
+    """The watched test image (uint8 C×H×W) from the session's cached data set, or None."""
+    try:
+        ds = s.dataset(settings.dataset, settings.seed, train_size or sess.default_train_size(settings.dataset),
+                       sess.default_test_size(settings.dataset), settings.data_root)
+        return ds.test_x[index]
+    except Exception:   # noqa: BLE001 - the picture is a nicety; the map is drawn without it
+        return None
 
 
 def dataset_meta(dataset: str, upload: Any = None, session: Session | None = None):
@@ -177,13 +187,14 @@ def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, tra
         raise
     last_plot = 0.0
     shown = 0
+    image = _watched_image(s, settings, size, watch["index"]) if watch else None
     for u in updates:
         plot = gr.skip()
         now = time.monotonic()
         if u.done or (u.new_events and now - last_plot >= CURVE_EVERY_S):
             plot = curves({name: u.events}) if u.events else gr.skip()
             last_plot = now
-        watched, shown = watch_plot(u.events, shown) if watch else (gr.skip(), 0)
+        watched, shown = watch_plot(u.events, shown, image) if watch else (gr.skip(), 0)
         if not u.done:
             yield [s, progress_html(u.progress, u.text), plot, gr.skip()] + keep[:3] + [watched] \
                 + running

@@ -103,9 +103,9 @@ def snapshot_array(s: dict) -> np.ndarray:
     return out
 
 
-def watch_figure(snapshots: list[dict], title: str = "") -> View:
+def watch_figure(snapshots: list[dict], title: str = "", image=None) -> View:
     """The snapshots as a heatmap with a slider (and play button) stepping through the epochs;
-    the last snapshot is shown first."""
+    the last snapshot is shown first. `image` (uint8 C×H×W), when given, is drawn on the left."""
     if not snapshots:
         fig = go.Figure()
         fig.update_layout(height=320, title="no snapshots yet",
@@ -123,21 +123,35 @@ def watch_figure(snapshots: list[dict], title: str = "") -> View:
         return go.Heatmap(z=a, zmin=zmin, zmax=zmax, colorscale=colours,
                           hovertemplate="%{z:.3f}<extra></extra>")
     last = len(arrays) - 1
-    fig = go.Figure(data=[heat(arrays[last])],
-                    frames=[go.Frame(data=[heat(a)], name=lab) for a, lab in zip(arrays, labels)])
+    name = WATCH_NAMES.get(first["view"], first["view"])
+    if image is not None:
+        from plotly.subplots import make_subplots
+        from visual.render import image_trace, to_rgb
+        fig = make_subplots(1, 2, column_widths=[0.3, 0.7], horizontal_spacing=0.05,
+                            subplot_titles=("input", f"{name} · {first.get('layer') or ''}"))
+        fig.add_trace(image_trace(to_rgb(image)), 1, 1)
+        fig.add_trace(heat(arrays[last]), 1, 2)
+        fig.frames = [go.Frame(data=[heat(a)], traces=[1], name=lab) for a, lab in zip(arrays, labels)]
+        fig.update_xaxes(showticklabels=False, showgrid=False, row=1, col=1)
+        fig.update_yaxes(showticklabels=False, showgrid=False, row=1, col=1)
+    else:
+        fig = go.Figure(data=[heat(arrays[last])],
+                        frames=[go.Frame(data=[heat(a)], name=lab) for a, lab in zip(arrays, labels)])
     steps = [dict(method="animate", label=lab,
                   args=[[lab], dict(mode="immediate", frame=dict(duration=0, redraw=True),
                                     transition=dict(duration=0))]) for lab in labels]
-    name = WATCH_NAMES.get(first["view"], first["view"])
     fig.update_layout(
-        title=title or f"{name} · {first.get('layer') or ''}", height=420,
+        title=title or (None if image is not None else f"{name} · {first.get('layer') or ''}"),
+        height=420,
         margin=dict(l=10, r=10, t=50, b=10),
         sliders=[dict(active=last, steps=steps, currentvalue=dict(prefix=""), pad=dict(t=30))],
         updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.02, xanchor="right",
                           buttons=[dict(label="▶", method="animate",
                                         args=[None, dict(frame=dict(duration=600, redraw=True),
                                                          fromcurrent=False)])])])
-    fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
-    fig.update_xaxes(showticklabels=False)
+    heat_axes = dict(row=1, col=2) if image is not None else {}
+    fig.update_yaxes(autorange="reversed", scaleanchor="x2" if image is not None else "x",
+                     showticklabels=False, showgrid=False, **heat_axes)
+    fig.update_xaxes(showticklabels=False, showgrid=False, **heat_axes)
     return View(fig, {"view": "watch", "frames": len(arrays), "labels": labels,
                       "layer": first.get("layer")})
