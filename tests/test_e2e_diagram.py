@@ -46,6 +46,12 @@ def test_click_a_node_of_an_expanded_block_selects_its_layer(page):  # noqa: F81
     diagram.locator("g.cs-layer.cs-selected[data-layer='1']").wait_for()
     no_error_toasts(page)
 
+    with page.expect_download() as png:                            # PNG drawn in the browser
+        page.get_by_role("button", name="Download PNG").click()
+    assert png.value.suggested_filename == "diagram.png"
+    with open(png.value.path(), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / "screenshot-diagram.png"
     # the selected, expanded layer at the top of the scrolling box; clip to the drawing's width
@@ -58,3 +64,7 @@ def test_click_a_node_of_an_expanded_block_selects_its_layer(page):  # noqa: F81
                                           "height": box["height"]})
     if UPDATE_ASSETS:
         shutil.copy(path, ASSETS / path.name)
+
+    page.get_by_role("button", name="Duplicate").click()           # an edit redraws the diagram
+    diagram.locator("g.cs-layer[data-layer='7']").wait_for()
+    assert diagram.locator("g.cs-layer").count() == 8

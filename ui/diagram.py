@@ -26,6 +26,27 @@ element.addEventListener('click', (e) => {
   trigger('click', {layer: parseInt(g.dataset.layer), node: g.dataset.node || ''});
 });
 """
+# PNG in the browser: the SVG drawn onto a canvas (2× where the canvas allows) and downloaded.
+PNG_JS = """
+() => {
+  const svg = document.querySelector('#cs-diagram svg');
+  if (!svg) return;
+  const w = svg.width.baseVal.value, h = svg.height.baseVal.value;
+  const scale = Math.min(2, 16000 / Math.max(w, h));
+  const img = new Image();
+  img.onload = () => {
+    const c = document.createElement('canvas');
+    c.width = Math.round(w * scale); c.height = Math.round(h * scale);
+    const ctx = c.getContext('2d'); ctx.scale(scale, scale); ctx.drawImage(img, 0, 0);
+    c.toBlob((blob) => {
+      const a = document.createElement('a');
+      a.href = URL.createObjectURL(blob); a.download = 'diagram.png';
+      document.body.appendChild(a); a.click(); a.remove();
+    }, 'image/png');
+  };
+  img.src = 'data:image/svg+xml;charset=utf-8,' + encodeURIComponent(new XMLSerializer().serializeToString(svg));
+}
+"""
 DIAGRAM_CSS = """
 .cs-diagram-box {overflow: auto; max-height: 720px; border: 1px solid var(--border-color-primary);
                  border-radius: 8px; background: #fff;}
@@ -149,6 +170,7 @@ def layout(ui: SimpleNamespace) -> None:
             ui.expand_all_btn = gr.Button("Expand all", scale=1)
             ui.collapse_all_btn = gr.Button("Collapse all", scale=1)
             ui.svg_btn = gr.Button("Download SVG", scale=1)
+            ui.png_btn = gr.Button("Download PNG", scale=1)
         ui.svg_file = gr.File(label="Diagram (SVG)", interactive=False, visible=False)
         gr.Markdown("*Click a box (or a node inside an expanded block) to select its layer. "
                     "Blue: convolution, orange: attention, purple: Ghost, green: norm/pool/activation, "
@@ -181,6 +203,7 @@ def wire(ui: SimpleNamespace) -> None:
                               [ui.expanded_state, ui.diagram_html], api_visibility="private")
     ui.svg_btn.click(on_download_svg, [ui.spec_state, ui.layer_dd, ui.expanded_state, ui.session_state],
                      [ui.session_state, ui.svg_file], api_name="diagram_svg")
+    ui.png_btn.click(None, None, None, js=PNG_JS)
     ui.grid_btn.click(on_gridding_demo, None, ui.erf_plot, api_visibility="private")
     ui.erf_btn.click(on_erf, [ui.spec_state, ui.layer_dd, ui.session_state], ui.erf_plot,
                      api_visibility="private")
