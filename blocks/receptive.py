@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import operator
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -242,17 +243,20 @@ def layer_field(f: Field) -> LayerField:
 
 _CACHE: "OrderedDict[tuple, Field]" = OrderedDict()  # pure results: a layer's spec -> transform
 _CACHE_SIZE = 1024
+_CACHE_LOCK = threading.Lock()  # the app summarises for several visitors at once
 
 
 def _layer_transform(net, info, layer: nn.Module) -> Field:
     key = (info.block, json.dumps(info.params, sort_keys=True), info.repeat, tuple(info.in_shape),
            tuple(info.out_shape), net.spec.get("width"), net.spec.get("classes"))
-    hit = _CACHE.get(key)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
     if hit is None:
         hit = block_transform(layer, info.in_shape)
-        _CACHE[key] = hit
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        with _CACHE_LOCK:
+            _CACHE[key] = hit
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
     return hit
 
 

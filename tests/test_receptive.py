@@ -66,14 +66,30 @@ def test_reference_figures(name, layer, rf):
     assert s.layers[layer].jump == 32 and not s.layers[layer].rf_global
 
 
-def test_reference_figures_as_gradient_support_without_clipping():
-    # VGG-11's last block on an input large enough that the field is not clipped
-    spec = presets.load_preset("VGG-11", (1, 192, 192), width=0.0625)
-    spec["layers"] = spec["layers"][:5] + [{"block": "flatten"}, {"block": "linear"}]
+@pytest.mark.parametrize("name, layer, rf, side", [("ResNet-18", 5, 435, 512), ("ResNet-50", 5, 427, 512),
+                                                   ("VGG-11", 4, 150, 192), ("AlexNet", 7, 195, 256)])
+def test_reference_figures_as_gradient_support_without_clipping(name, layer, rf, side):
+    # on an input large enough that the centre unit's field lies inside the image
+    spec = presets.load_preset(name, (1, side, side), width=0.0625)
+    spec["layers"] = spec["layers"][:layer + 1] + [{"block": "global_avg_pool"}, {"block": "linear"}]
     net = blocks.build(spec)
-    m = supports(net)[4]
+    m = supports(net)[layer]
     r0, r1, c0, c1 = bbox(m)
-    assert (r1 - r0 + 1, c1 - c0 + 1) == (150, 150)
+    assert (r1 - r0 + 1, c1 - c0 + 1) == (rf, rf)
+    assert r0 > 0 and c0 > 0 and r1 < side - 1 and c1 < side - 1      # not clipped
+
+
+@pytest.mark.parametrize("factory, cut, rf", [("resnet18", -2, 435), ("resnet50", -2, 427),
+                                              ("alexnet", 1, 195), ("vgg11", 1, 150)])
+def test_receptive_field_of_torchvision_models(factory, cut, rf):
+    """The module API traces any module: torchvision's own networks, up to their last map."""
+    import torchvision
+    with torch.device("meta"):
+        model = getattr(torchvision.models, factory)(weights=None)
+    trunk = nn.Sequential(*list(model.children())[:cut]) if factory.startswith("resnet") \
+        else model.features
+    f = receptive_field(trunk, (3, 224, 224))
+    assert (f.receptive_field, f.jump, f.global_) == (rf, 32, False)
 
 
 def _chain(dilations):
