@@ -144,3 +144,25 @@ def test_app_handlers_expand_select_and_download(tmp_path, monkeypatch):
     assert "empty" in ui_diagram.diagram_markup({"layers": []})
     bad = dict(spec, layers=spec["layers"] + [{"block": "conv"}])
     assert "data-kind='error'" in ui_diagram.diagram_markup(bad, 0, [0])
+
+
+def test_app_receptive_field_views_and_svg_download(app_env):
+    import plotly.graph_objects as go
+
+    from lab.serve.session import Session
+    from ui import diagram as ui_diagram
+    assert isinstance(ui_diagram.on_gridding_demo(), go.Figure)
+    spec = {"name": "tiny", "input": [3, 16, 16], "classes": 2,
+            "layers": [{"block": "conv", "params": {"out": 4}}, {"block": "conv", "params": {"out": 4}},
+                       {"block": "global_avg_pool"}, {"block": "linear"}]}
+    s = Session(key="diagram-test")
+    try:
+        fig = ui_diagram.on_erf(spec, 1, s)
+        assert isinstance(fig, go.Figure) and len(fig.layout.shapes) == 1   # the theoretical square
+        s2, file_update = ui_diagram.on_download_svg(spec, 0, [1], s)
+        path = file_update["value"]
+        assert s2 is s and path.endswith("tiny-diagram.svg")
+        svg = open(path, encoding="utf-8").read()
+        assert len(_groups(svg, "cs-layer")) == 4 and _groups(svg, "cs-node")
+    finally:
+        s.close()
