@@ -13,6 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# Sessions made by tests keep private runs (the public-host mode) unless a test gives a
+# shared runs folder itself: the app's local default would write into ./runs.
+os.environ.setdefault("CONVSCOPE_PUBLIC", "1")
+
 # What the app tests run with: a small `shapes` (fast epochs), no downloads, own folders.
 APP_TEST_ENV = {
     "CONVSCOPE_SHAPES_TRAIN_SIZE": "512",

@@ -234,7 +234,7 @@ def test_train_generator_streams_curves_and_records_the_run(app_env):
 
 
 def test_updates_come_at_least_every_poll_even_when_steps_are_slow(app_env, monkeypatch):
-    def slow_events(spec, settings, stop_file, dataset=None, train_size=None, test_size=None):
+    def slow_events(spec, settings, stop_file, dataset=None, train_size=None, test_size=None, **more):
         yield {"type": "start", "device_name": "CPU", "total_steps": 2, "steps_per_epoch": 2}
         time.sleep(1.0)
         yield {"type": "step", "step": 1, "epoch": 0.5, "loss": 2.0, "images_per_sec": 10.0,

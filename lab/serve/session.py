@@ -1,10 +1,21 @@
 """One browser session's runtime state: its finished runs, its data sets, its training.
 
-The app keeps one `Session` per visitor in a `gr.State`, so two visitors never see each
-other's runs. A session owns a temporary folder (`<root>/s-<session key>`) holding its run
-folders; `close()` — called from `demo.unload` (through `close_sessions`, as soon as the
-tab is closed) and again from the state's delete callback (which Gradio runs an hour
-later) — stops its training, drops its runs and data sets and removes the folder.
+Where runs live depends on the host (`public_mode()`):
+
+* locally (`python app.py`) every visitor reads and writes the shared runs folder,
+  $CONVSCOPE_RUNS_DIR or ./runs — the folder `lab train` and torchrun write too — so the
+  run pickers list every complete run in it (lab/runs.py `scan_runs`), a run trained in
+  the app is there after a restart, and runs can be renamed and deleted;
+* on a public host (a Hugging Face Space, detected by its SPACE_ID variable, or
+  CONVSCOPE_PUBLIC=1) each visitor keeps private runs, so nobody sees or deletes
+  another's.
+
+The app keeps one `Session` per visitor in a `gr.State`. A session owns a temporary folder
+(`<root>/s-<session key>`) holding its uploads and, in public mode, its run folders;
+`close()` — called from `demo.unload` (through `close_sessions`, as soon as the tab is
+closed) and again from the state's delete callback (which Gradio runs an hour later) —
+stops its training, drops its runs and data sets and removes the folder (never the
+shared runs folder).
 
 Training runs in a worker thread that records the finished run into the session itself,
 so the run is kept (with the model as trained so far) however the UI's generator ends:
@@ -37,6 +48,7 @@ from lab.serve import zerogpu
 from lab.serve.limits import Limits, LimitError, check_epochs, check_spec_limits
 
 ROOT_ENV = "CONVSCOPE_SESSION_ROOT"
+PUBLIC_ENV = "CONVSCOPE_PUBLIC"
 TRAIN_SIZE_ENV = "CONVSCOPE_SHAPES_TRAIN_SIZE"
 TEST_SIZE_ENV = "CONVSCOPE_SHAPES_TEST_SIZE"
 STOP_FILE = "STOP"
@@ -50,6 +62,25 @@ BUILTIN_META = {"shapes": ((3, 32, 32), 10), "digits": ((1, 28, 28), 10),
 
 class SessionError(ValueError):
     """A request the session refuses; the message is one line for the user."""
+
+
+def public_mode(env: dict | None = None) -> bool:
+    """Whether this is a public host, where each visitor's runs stay private: a Hugging
+    Face Space (SPACE_ID is set there) or CONVSCOPE_PUBLIC=1; CONVSCOPE_PUBLIC=0 forces the
+    shared local mode even on a Space."""
+    env = os.environ if env is None else env
+    flag = str(env.get(PUBLIC_ENV, "")).strip().lower()
+    if flag in ("0", "no", "false"):
+        return False
+    return flag in ("1", "yes", "true") or bool(env.get("SPACE_ID"))
+
+
+def shared_runs_dir(env: dict | None = None) -> Path | None:
+    """The runs folder every visitor shares ($CONVSCOPE_RUNS_DIR or ./runs), or None in
+    public mode."""
+    from lab.runs import RUNS_ENV
+    env = os.environ if env is None else env
+    return None if public_mode(env) else Path(env.get(RUNS_ENV) or "runs")
 
 
 def session_root() -> Path:
@@ -139,6 +170,7 @@ class RunRecord:
     save_error: str | None = None  # why the folder could not be written, for the user
     created: float = field(default_factory=time.time)
     cache: dict = field(default_factory=dict)  # derived numbers (e.g. energy-in-mask)
+    title: str = ""               # a name given in the app (private runs; shared ones rename their folder)
 
     @property
     def end(self) -> dict:
@@ -169,7 +201,8 @@ class RunRecord:
     def label(self) -> str:
         acc = self.best_test_acc
         acc_text = "" if acc is None else f" · {100 * acc:.1f}%"
-        return (f"{self.id} · {self.spec.get('name', 'network')} · "
+        name = f"{self.title} · " if self.title else ""
+        return (f"{self.id} · {name}{self.spec.get('name', 'network')} · "
                 f"{self.settings.get('dataset', '?')}{acc_text}")
 
 
@@ -243,35 +276,73 @@ def _stop_requested(stop_file: str) -> bool:
 
 def train_events(spec: dict, settings: dict, stop_file: str, dataset: Any = None,
                  train_size: int | None = None, test_size: int | None = None,
-                 watch: dict | None = None) -> Iterator[dict]:
+                 watch: dict | None = None, run_root: str | None = None,
+                 resume_dir: str | None = None) -> Iterator[dict]:
     """Train `spec` and yield the trainer's events (plain dicts), then one
-    {"type": "weights", "state": {name: CPU tensor}, "spec": built spec}. With `watch`
-    ({"view", "index"[, "layer"]}) a "watch" snapshot of that view of test image `index`
-    follows every epoch event (lab/watch.py; kept in the run's events).
+    {"type": "weights", "state": {name: CPU tensor}, "spec": built spec, "history": every
+    event of the run, "path": its folder or None, "save_error": why it is not on disk}.
+    With `watch` ({"view", "index"[, "layer"]}) a "watch" snapshot of that view of test
+    image `index` follows every epoch event (lab/watch.py; kept in the run's events).
 
-    Module-level and plain-data in, plain-data out, so it can run under `spaces.GPU` in
-    another process. The run stops after the current batch once `stop_file` exists or its
-    folder is removed.
+    With `run_root` the run is written as `lab train` writes it: a folder under `run_root`
+    with a checkpoint at the end of every epoch (lab/runs.py RunWriter); `resume_dir`
+    continues the run in that folder from its checkpoint. Module-level and plain-data in,
+    plain-data out, so it can run under `spaces.GPU` in another process. The run stops
+    after the current batch once `stop_file` exists or its folder is removed.
     """
     from lab.datasets import load_dataset
+    from lab.runs import RunError, RunParts, RunWriter, load_checkpoint
     from lab.train.trainer import Trainer, TrainSettings
 
     s = TrainSettings.from_dict(settings)
     if dataset is None:
         dataset = load_dataset(s.dataset, s.data_root, seed=s.seed, download=download_allowed(),
                                train_size=train_size, test_size=test_size)
-    trainer = Trainer(spec, s, dataset)
+    checkpoint, writer = None, None
+    try:
+        if resume_dir is not None:
+            checkpoint = load_checkpoint(resume_dir)
+            writer = RunWriter.resume(resume_dir)
+        trainer = Trainer(spec, s, dataset, resume=checkpoint)
+    except RunError as e:
+        raise SessionError(_one_line(e)) from None
     watcher = make_watcher(watch, dataset) if watch else None
-    for event in trainer.run():
-        if not trainer.stopping and _stop_requested(stop_file):
-            trainer.stop()
-        yield event
-        snap = watcher.on_event(event, trainer) if watcher is not None else None
-        if snap is not None:
-            trainer.history.append(snap)
-            yield snap
+    if writer is None and run_root is not None:
+        writer = RunWriter(run_root, trainer.spec.get("name", "network"))
+    load = {"train_size": train_size, "test_size": test_size}
+    path, save_error = None, None
+    try:
+        for event in trainer.run():
+            if not trainer.stopping and _stop_requested(stop_file):
+                trainer.stop()
+            snap = watcher.on_event(event, trainer) if watcher is not None else None
+            if snap is not None:
+                trainer.history.append(snap)
+            # A closed session's folder is gone: nothing more is written for it. The
+            # checkpoint follows the watch snapshot, so its events hold it too.
+            session_open = os.path.isdir(os.path.dirname(stop_file))
+            if event["type"] == "epoch" and writer is not None and session_open:
+                try:
+                    path = writer.save(RunParts.from_trainer(trainer, load), trainer.checkpoint())
+                except OSError as e:
+                    save_error = f"a checkpoint could not be written ({_os_reason(e)})"
+            yield event
+            if snap is not None:
+                yield snap
+        end = next((e for e in reversed(trainer.history) if e.get("type") == "end"), {})
+        if writer is not None and end.get("status") in ("completed", "stopped") and \
+                os.path.isdir(os.path.dirname(stop_file)):
+            try:
+                path = writer.save(RunParts.from_trainer(trainer, load))
+                save_error = None
+            except OSError as e:
+                save_error = _os_reason(e)
+    finally:
+        if writer is not None:
+            writer.close()
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in trainer.model.state_dict().items()}
-    yield {"type": "weights", "state": state, "spec": trainer.model.spec}
+    yield {"type": "weights", "state": state, "spec": trainer.model.spec, "history": list(trainer.history),
+           "path": None if path is None else str(path), "save_error": save_error}
 
 
 def make_watcher(watch: dict, dataset: Any) -> Any:
@@ -325,10 +396,14 @@ class Session:
     """Per-visitor state. Thread-safe: the training worker records runs into it."""
 
     def __init__(self, key: str | None = None, root: str | Path | None = None,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, runs_dir: str | Path | None | bool = True):
+        """`runs_dir`: the shared runs folder, None for private runs (public mode), or True
+        (the default) to decide from the environment (`shared_runs_dir()`)."""
         self.key = _safe_key(key)
         self.root = Path(root or session_root())
         self.limits = limits or Limits.from_env()
+        self.shared: Path | None = shared_runs_dir() if runs_dir is True else (
+            None if runs_dir is None or runs_dir is False else Path(runs_dir))
         self.runs: "OrderedDict[str, RunRecord]" = OrderedDict()
         self._datasets: "OrderedDict[tuple, Any]" = OrderedDict()
         self._lock = threading.RLock()
@@ -346,6 +421,11 @@ class Session:
         path = self.root / f"s-{self.key}"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where this session's runs are written: the shared folder, or its own."""
+        return self.shared if self.shared is not None else self.dir / "runs"
 
     def close(self) -> None:
         """Stop a training, drop runs and data, remove the folder (idempotent)."""
@@ -386,53 +466,175 @@ class Session:
     # -- runs
 
     def run(self, run_id: str | None) -> RunRecord:
-        """A finished run by id (None: the latest); SessionError if there is none."""
+        """A finished run by id (None: the latest); SessionError if there is none. In the
+        shared mode a run of the folder is read from disk on first use."""
+        if self.shared is not None and run_id not in (None, ""):
+            run_id = str(run_id).split(" · ", 1)[0]
+            with self._lock:
+                rec = self.runs.get(run_id)
+            if rec is not None and (rec.path is None or rec.path.is_dir()):
+                return rec
+            return self._load_shared(run_id)
         with self._lock:
-            if not self.runs:
+            if not self.runs and self.shared is None:
                 raise SessionError("no finished run yet: train a network on the Train tab first")
             if run_id is None or run_id == "":
-                return next(reversed(self.runs.values()))
+                if self.runs:
+                    return next(reversed(self.runs.values()))
+        if run_id is None or run_id == "":
+            listed = self.run_choices()
+            if not listed:
+                raise SessionError("no finished run yet: train a network on the Train tab first, "
+                                   "or put runs in the runs folder")
+            return self.run(listed[0][1])
+        with self._lock:
             run_id = str(run_id).split(" · ", 1)[0]
             if run_id not in self.runs:
                 raise SessionError(f"there is no run '{run_id[:40]}' in this session")
             return self.runs[run_id]
 
-    def run_choices(self) -> list[tuple[str, str]]:
-        """(label, id) pairs, newest first."""
-        with self._lock:
-            return [(r.label, r.id) for r in reversed(self.runs.values())]
+    def _load_shared(self, run_id: str) -> RunRecord:
+        """A run of the shared folder as a RunRecord (cached, within the run limit)."""
+        from lab.runs import RunError, _run_in, load_run
+        try:
+            path = _run_in(self.shared, run_id)
+        except RunError as e:
+            raise SessionError(str(e)) from None
+        if not path.is_dir():
+            with self._lock:
+                self.runs.pop(run_id, None)
+            raise SessionError(f"there is no run '{run_id[:40]}' in {self.shared}; refresh the list")
+        try:
+            rec = record_from_run(load_run(path))
+        except RunError as e:
+            raise SessionError(_one_line(e)) from None
+        self._remember(rec)
+        return rec
 
-    def add_run(self, record_parts: dict) -> RunRecord:
-        """Record a finished run (saving its folder under the session dir); the oldest runs
-        beyond the limit are dropped."""
-        from lab.runs import RunParts, save_run
+    def _remember(self, rec: RunRecord) -> None:
+        """Hold `rec` in memory; beyond the run limit the oldest are dropped (and, for
+        private runs, their folders removed; the shared folder's runs stay on disk)."""
         with self._lock:
-            run_id = f"run-{next(self._ids)}"
+            if self.closed:
+                return
+            self.runs[rec.id] = rec
+            self.runs.move_to_end(rec.id)
+            while len(self.runs) > self.limits.max_runs:
+                _, old = self.runs.popitem(last=False)
+                if self.shared is None and old.path is not None:
+                    shutil.rmtree(old.path, ignore_errors=True)
+
+    def run_choices(self) -> list[tuple[str, str]]:
+        """(label, id) pairs, newest first: the session's runs, and in the shared mode every
+        complete run in the folder (damaged folders are left out; see `damaged_runs`)."""
+        with self._lock:
+            mine = [(r.label, r.id) for r in reversed(self.runs.values())]
+        if self.shared is None:
+            return mine
+        from lab.runs import scan_runs
+        listed = [(i.label, i.name) for i in scan_runs(self.shared) if not i.damaged]
+        names = {name for _, name in listed}
+        unsaved = [(label, rid) for label, rid in mine if rid not in names
+                   and self.runs.get(rid) is not None and self.runs[rid].path is None]
+        return unsaved + listed
+
+    def damaged_runs(self) -> list[str]:
+        """"<folder>: <reason>" for each damaged folder in the shared runs folder."""
+        if self.shared is None:
+            return []
+        from lab.runs import scan_runs
+        return [f"{i.name}: {i.damaged}" for i in scan_runs(self.shared) if i.damaged]
+
+    def add_run(self, record_parts: dict, path: Path | None = None, run_id: str | None = None) -> RunRecord:
+        """Record a finished run; `path`: its folder, when the training wrote it already
+        (else it is saved here, under `runs_dir`). In the shared mode the run's id is its
+        folder's name; the oldest runs beyond the limit are dropped from memory."""
+        from lab.runs import RunParts, save_run
+        if run_id is None:
+            with self._lock:
+                run_id = f"run-{next(self._ids)}"
         rec = RunRecord(id=run_id, **record_parts)
-        if not self.closed:
+        if path is not None:
+            rec.path = Path(path)
+        elif not self.closed:
             try:
                 rec.path = save_run(RunParts(rec.spec, rec.settings, rec.events, rec.model,
-                                             rec.dataset_info), self.dir / "runs")
+                                             rec.dataset_info), self.runs_dir)
             except (OSError, ValueError) as e:
                 # save_run leaves no half-written folder; the run stays usable in memory.
                 rec.path = None
                 rec.save_error = (f"{run_id} could not be saved to disk ({_os_reason(e)}); it is "
                                   f"kept in memory for this session, so export what you need")
-        with self._lock:
-            if self.closed:
-                return rec
-            self.runs[run_id] = rec
-            while len(self.runs) > self.limits.max_runs:
-                _, old = self.runs.popitem(last=False)
-                if old.path is not None:
-                    shutil.rmtree(old.path, ignore_errors=True)
+        if self.shared is not None and rec.path is not None:
+            rec.id = rec.path.name
+        self._remember(rec)
         return rec
 
     def remove_run(self, run_id: str) -> None:
+        """Delete a run: from memory and from disk (in the shared folder, refused while
+        another process still trains it)."""
+        from lab.runs import RunError, delete_run
+        rec = self.run(run_id)
+        if self.shared is not None and rec.path is not None:
+            try:
+                delete_run(self.shared, rec.path.name)
+            except RunError as e:
+                raise SessionError(str(e)) from None
         with self._lock:
-            rec = self.runs.pop(self.run(run_id).id)
-        if rec.path is not None:
+            self.runs.pop(rec.id, None)
+        if self.shared is None and rec.path is not None:
             shutil.rmtree(rec.path, ignore_errors=True)
+
+    def rename_run(self, run_id: str, new_name: str) -> str:
+        """Rename a run; returns its new id. In the shared mode its folder is renamed; a
+        private run keeps its id and shows the new name."""
+        from lab.runs import RunError, rename_run
+        rec = self.run(run_id)
+        new_name = str(new_name or "").strip()
+        if self.shared is None or rec.path is None:
+            if not new_name or len(new_name) > 80 or "\n" in new_name:
+                raise SessionError("give a name of 1 to 80 characters on one line")
+            rec.title = new_name
+            return rec.id
+        try:
+            path = rename_run(self.shared, rec.path.name, new_name)
+        except RunError as e:
+            raise SessionError(str(e)) from None
+        with self._lock:
+            self.runs.pop(rec.id, None)
+        rec.path, rec.id = path, path.name
+        self._remember(rec)
+        return rec.id
+
+    def import_run(self, zip_path: str | Path) -> RunRecord:
+        """Open a run .zip (checked like every upload; lab/runzip.py) as a run of this
+        session (or of the shared folder)."""
+        from lab.runs import RunError, load_run
+        from lab.runzip import import_run_zip
+        try:
+            path = import_run_zip(zip_path, self.runs_dir)
+            run = load_run(path)
+        except RunError as e:
+            raise SessionError(_one_line(e)) from None
+        rec = record_from_run(run)
+        if self.shared is None:
+            with self._lock:
+                rec.id = f"run-{next(self._ids)}"
+        self._remember(rec)
+        return rec
+
+    def export_run_zip(self, run_id: str, out: str | Path) -> Path:
+        """The run as a .zip (lab/runzip.py), written to `out`."""
+        from lab.runs import RunError
+        from lab.runzip import zip_run
+        rec = self.run(run_id)
+        if rec.path is None:
+            raise SessionError(f"{rec.id} was not saved to disk, so it cannot be zipped; export "
+                               f"its weights and spec instead")
+        try:
+            return zip_run(rec.path, out)
+        except RunError as e:
+            raise SessionError(str(e)) from None
 
     # -- training
 
@@ -452,17 +654,47 @@ class Session:
         check_spec_limits(prepared, settings.batch_size, self.limits)
         return prepared
 
+    def continue_plan(self, run_id: str, epochs: int | None = None) -> tuple[dict, Any, RunRecord]:
+        """(spec, settings, run) to continue the run `run_id` from its checkpoint to
+        `epochs` in all (None: its planned total); SessionError when it cannot go on."""
+        from lab.runs import CHECKPOINT, read_run_json, RunError
+        from lab.train.trainer import TrainSettings
+        rec = self.run(run_id)
+        if rec.path is None or not (rec.path / CHECKPOINT).exists():
+            raise SessionError(f"{rec.id} has no checkpoint to continue from (it ended before its "
+                               f"first epoch did, or was saved before runs kept checkpoints)")
+        try:
+            done = int(read_run_json(rec.path / CHECKPOINT).get("epoch", 0))
+        except (RunError, AttributeError, TypeError, ValueError) as e:
+            raise SessionError(_one_line(e)) from None
+        settings = dict(rec.settings)
+        if epochs is not None:
+            settings["epochs"] = int(epochs)
+        if int(settings.get("epochs", 0)) <= done:
+            raise SessionError(f"{rec.id} has trained {done} epoch(s) already; ask for more "
+                               f"epochs in all to continue it")
+        try:
+            return rec.spec, TrainSettings.from_dict(settings), rec
+        except ValueError as e:
+            raise SessionError(_one_line(e)) from None
+
     def start_training(self, spec: dict, settings: Any, train_size: int | None = None,
                        test_size: int | None = None, poll: float = 0.25,
-                       watch: dict | None = None) -> Iterator[TrainUpdate]:
+                       watch: dict | None = None, resume: str | None = None) -> Iterator[TrainUpdate]:
         """Train in a worker thread; yield a TrainUpdate at least every `poll` seconds until
         the run ends. The run is recorded into the session by the worker, so it survives
-        this generator being closed (which asks the run to stop). `watch`: see train_events."""
+        this generator being closed (which asks the run to stop). `watch`: see
+        train_events. `resume`: a run id to continue from its checkpoint instead (`spec`
+        and `settings` then come from `continue_plan`)."""
         if self.closed:
             raise SessionError("this session has ended; reload the page")
-        if train_size is None:
+        rec = None
+        if resume is not None:
+            rec = self.run(resume)
+            train_size, test_size = rec.dataset_key[2], rec.dataset_key[3]
+        if train_size is None and rec is None:
             train_size = default_train_size(settings.dataset)
-        if test_size is None:
+        if test_size is None and rec is None:
             test_size = default_test_size(settings.dataset)
         ds = self.dataset(settings.dataset, settings.seed, train_size, test_size, settings.data_root)
         spec = self.check_training_request(spec, settings, ds)
@@ -477,22 +709,25 @@ class Session:
         key = (settings.dataset, settings.seed, train_size, test_size, settings.data_root)
         ctx = contextvars.copy_context()  # ZeroGPU reads the request from the context
         job.thread = threading.Thread(
-            target=ctx.run, args=(self._worker, job, spec, settings.to_dict(), ds, key, watch),
+            target=ctx.run, args=(self._worker, job, spec, settings.to_dict(), ds, key, watch, rec),
             name=f"convscope-train-{self.key[:8]}", daemon=True)
         job.thread.start()
         return self._updates(job, poll)
 
     def _worker(self, job: _Training, spec: dict, settings: dict, ds: Any, key: tuple,
-                watch: dict | None = None) -> None:
+                watch: dict | None = None, resume: RunRecord | None = None) -> None:
         events: list[dict] = []
         weights = None
+        resume_dir = None if resume is None else str(resume.path)
+        run_root = None if self.closed else str(self.runs_dir)
         try:
             if zerogpu.on_zerogpu():
                 stream = train_events_gpu(spec, settings, str(job.stop_file), None,
-                                          key[2], key[3], watch)
+                                          key[2], key[3], watch, run_root, resume_dir)
             else:
-                extra = {"watch": watch} if watch else {}
-                stream = train_events(spec, settings, str(job.stop_file), ds, **extra)
+                extra = {k: v for k, v in (("watch", watch), ("run_root", run_root),
+                                           ("resume_dir", resume_dir)) if v}
+                stream = train_events(spec, settings, str(job.stop_file), ds, key[2], key[3], **extra)
             for event in stream:
                 if event.get("type") == "weights":
                     weights = event
@@ -502,9 +737,18 @@ class Session:
             end = events[-1] if events and events[-1].get("type") == "end" else {}
             if weights is not None and end.get("status") in ("completed", "stopped"):
                 model = _model_from(weights["spec"], weights["state"])
-                rec = self.add_run(dict(spec=weights["spec"], settings=settings, events=events,
-                                        model=model, dataset_key=key,
-                                        dataset_info=_dataset_info(ds), classes=list(ds.classes)))
+                info = {**_dataset_info(ds), "load": {"train_size": key[2], "test_size": key[3]}}
+                if resume is not None:
+                    with self._lock:
+                        self.runs.pop(resume.id, None)
+                rec = self.add_run(dict(spec=weights["spec"], settings=settings,
+                                        events=weights.get("history") or events, model=model,
+                                        dataset_key=key, dataset_info=info, classes=list(ds.classes)),
+                                   path=Path(weights["path"]) if weights.get("path") else None,
+                                   run_id=None if resume is None else resume.id)
+                if weights.get("save_error") and rec.save_error is None:
+                    rec.save_error = (f"{rec.id} could not be saved to disk completely "
+                                      f"({weights['save_error']}); export what you need")
                 job.run_id = rec.id
                 job.save_error = rec.save_error
             elif end:
@@ -723,6 +967,22 @@ def test_batch(ds: Any, n: int) -> tuple[Any, Any, Any]:
     n = min(n, len(ds.test_y))
     masks = None if ds.test_masks is None else ds.test_masks[:n]
     return ds.normalize(ds.test_x[:n]), ds.test_y[:n], masks
+
+
+def record_from_run(run: Any) -> RunRecord:
+    """A run read from its folder (lab.runs.Run) as a RunRecord; its data set is loaded as
+    it was for training (name, seed, sizes, data root)."""
+    settings, info = dict(run.settings), dict(run.dataset_info or {})
+    load = info.get("load") if isinstance(info.get("load"), dict) else {}
+    key = (str(settings.get("dataset") or info.get("name", "shapes")), int(settings.get("seed", 0) or 0),
+           load.get("train_size"), load.get("test_size"), str(settings.get("data_root", "data")))
+    try:
+        created = (run.path / "spec.json").stat().st_mtime
+    except OSError:
+        created = time.time()
+    return RunRecord(id=run.path.name, spec=run.spec, settings=settings, events=list(run.metrics),
+                     model=run.model, dataset_key=key, dataset_info=info,
+                     classes=[str(c) for c in info.get("classes", [])], path=run.path, created=created)
 
 
 def _model_from(spec: dict, state: dict) -> Any:
