@@ -21,7 +21,7 @@ from lab.serve import zerogpu  # noqa: F401  first: `spaces` must be imported be
 import gradio as gr
 
 from lab.serve.limits import Limits
-from ui import build, compare, export, inspect, train
+from ui import build, compare, export, inspect, runs, train
 from ui.common import CSS, EMPTY, UPLOAD, close_session, default_spec, get_session, on_refresh_runs, on_unload, user_errors  # noqa: F401,E501
 # The handlers, importable as app.<name> (the tests and scripts call them without a browser).
 from ui.build import (FORM_SLOTS, form_updates, on_add_layer, on_apply_json,  # noqa: F401
@@ -45,7 +45,7 @@ def on_load(request: gr.Request = None):
 def build_ui(limits: Limits | None = None) -> gr.Blocks:
     """The whole app as a gr.Blocks (not launched): the five tabs, then their events."""
     limits = limits or Limits.from_env()
-    ui = SimpleNamespace()
+    ui = SimpleNamespace(refresh_btns=[])
     # delete_cache: files Gradio served (exports, images) go after an hour, checked hourly.
     with gr.Blocks(title="ConvScope", delete_cache=(3600, 3600)) as demo:
         ui.session_state = gr.State(None, delete_callback=close_session)
@@ -61,13 +61,18 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
             export.layout(ui)
         ui.run_pickers = [ui.run_dd, ui.compare_runs, ui.export_run]
 
-        demo.load(on_load, outputs=[ui.session_state] + ui.build_views, api_visibility="private")
+        # The pickers list the runs folder as soon as the page is open (ui/runs.py).
+        demo.load(on_load, outputs=[ui.session_state] + ui.build_views, api_visibility="private"
+                  ).then(runs.on_list_runs, [ui.session_state],
+                         [ui.session_state] + ui.run_pickers + [ui.continue_run, ui.runs_where],
+                         api_visibility="private")
         demo.unload(on_unload)
         build.wire(ui)
         train.wire(ui, limits)
         inspect.wire(ui)
         compare.wire(ui)
         export.wire(ui)
+        runs.wire(ui)
     return demo
 
 

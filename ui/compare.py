@@ -11,6 +11,7 @@ from blocks.summary import human
 from lab.serve import session as sess
 from lab.serve.session import Session
 from ui.common import curves, get_session, on_refresh_runs, user_errors
+from ui.runs import refresh_button
 
 ENERGY_IMAGES = 32           # test images the Compare table scores attention on
 
@@ -61,7 +62,9 @@ def on_compare(session_state: Any, run_ids: Any, request: gr.Request = None):
 def layout(ui: SimpleNamespace) -> None:
     """Lay out the Compare tab; its components go on `ui`."""
     with gr.Tab("Compare", id="compare") as ui.compare_tab:
-        ui.compare_runs = gr.CheckboxGroup([], label="Runs")
+        with gr.Row():
+            ui.compare_runs = gr.CheckboxGroup([], label="Runs", scale=4)
+            ui.refresh_btns.append(refresh_button())
         ui.compare_btn = gr.Button("Compare")
         ui.compare_plot = gr.Plot(label="Curves")
         ui.compare_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, wrap=True,

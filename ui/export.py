@@ -1,4 +1,6 @@
-"""The Export tab: a run as a spec, a standalone .py, weights, ONNX or its metrics."""
+"""The Export tab: a run as a spec, a standalone .py, weights, ONNX, its metrics or the
+whole run as a .zip (which the app opens again, here or elsewhere); and the Manage runs
+panel (ui/runs.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +11,11 @@ import gradio as gr
 
 from lab.serve.session import Session
 from ui.common import get_session, on_refresh_runs, user_errors
+from ui.runs import manage_layout, refresh_button
 
 
 FORMAT_LABELS = {"spec": "spec (.json)", "py": "PyTorch (.py)", "safetensors": "weights (.safetensors)",
-                 "onnx": "ONNX (.onnx)", "csv": "metrics (.csv)"}
+                 "onnx": "ONNX (.onnx)", "csv": "metrics (.csv)", "run": "run (.zip)"}
 
 
 def export_file(s: Session, run_id: Any, fmt: str) -> Path:
@@ -29,6 +32,8 @@ def export_file(s: Session, run_id: Any, fmt: str) -> Path:
         return export.export_safetensors(rec.model, target)
     if fmt == "onnx":
         return export.export_onnx(rec.model, target)
+    if fmt == "run":
+        return s.export_run_zip(rec.id, target.with_name(f"{rec.id}.zip"))
     if fmt == "py":
         info = rec.dataset_info or {}
         return export.export_py(rec.model, target, mean=info.get("mean"), std=info.get("std"),
@@ -63,11 +68,14 @@ def exporter(fmt: str) -> Callable:
 def layout(ui: SimpleNamespace) -> None:
     """Lay out the Export tab; its components go on `ui`."""
     with gr.Tab("Export", id="export") as ui.export_tab:
-        ui.export_run = gr.Dropdown([], label="Run")
+        with gr.Row():
+            ui.export_run = gr.Dropdown([], label="Run", scale=4)
+            ui.refresh_btns.append(refresh_button())
         with gr.Row():
             ui.export_btns = {fmt: gr.Button(label) for fmt, label in FORMAT_LABELS.items()}
         ui.export_out = gr.File(label="Download", interactive=False)
         ui.export_note = gr.Markdown()
+        manage_layout(ui)
 
 
 def wire(ui: SimpleNamespace) -> None:

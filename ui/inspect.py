@@ -12,6 +12,7 @@ from lab.serve import session as sess
 from lab.serve.limits import Limits
 from lab.serve.session import Session
 from ui.common import get_session, user_errors
+from ui.runs import refresh_button
 
 QUALITY_IMAGES = 32          # test images the attention-quality view scores
 
@@ -35,7 +36,7 @@ def _layer_label(c: Any) -> str:
 def on_pick_run(session_state: Any, run_id: Any, request: gr.Request = None):
     """A run was picked: its test images, its layers, the sketchpad if it reads digits."""
     s = get_session(session_state, request)
-    if not s.runs:
+    if not s.runs and not s.run_choices():
         return [s, gr.update(value=[]), gr.update(choices=[("(default)", "")], value=""),
                 gr.update(visible=False), None, "Train a network first (Train tab)."]
     rec = s.run(run_id or None)
@@ -171,7 +172,9 @@ def layout(ui: SimpleNamespace) -> None:
         ui.inspect_note = gr.Markdown("Train a network first (Train tab).")
         with gr.Row():
             with gr.Column(scale=2, min_width=420):
-                ui.run_dd = gr.Dropdown([], label="Run")
+                with gr.Row():
+                    ui.run_dd = gr.Dropdown([], label="Run", scale=4)
+                    ui.refresh_btns.append(refresh_button())
                 ui.gallery = gr.Gallery(label="Test images (click one)", columns=4, height=300,
                                         object_fit="contain", allow_preview=False,
                                         elem_id="cs-gallery")

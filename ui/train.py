@@ -211,6 +211,51 @@ def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, tra
             + run_updates(s, u.run_id) + [watched] + idle
 
 
+@user_errors
+def on_continue(session_state: Any, run_id: Any, epochs: Any, request: gr.Request = None):
+    """Continue a stopped or finished run from its last checkpoint (the end of its last
+    complete epoch) to `epochs` in all (empty: its planned total), exactly as if it had
+    not stopped; with more epochs than planned, the rest follows the new total's
+    schedule. Yields what on_train yields, less the watch view."""
+    s = get_session(session_state, request)
+    if not run_id:
+        raise gr.Error("Pick a run to continue.")
+    total = to_int(epochs, "epochs") if epochs not in (None, "", 0) else None
+    spec, settings, rec = s.continue_plan(str(run_id), total)
+    name = spec.get("name", "network")
+    running = [gr.update(interactive=False), gr.update(interactive=True)]
+    idle = [gr.update(interactive=True), gr.update(interactive=False)]
+    keep = [gr.skip()] * 3
+    yield [s, progress_html(0, "loading data and the checkpoint…"), gr.skip(),
+           f"Continuing **{html.escape(rec.id)}** to {settings.epochs} epoch(s)…"] + keep + running
+    try:
+        updates = s.start_training(spec, settings, resume=rec.id)
+    except Exception as e:
+        yield [s, progress_html(0, "not started"), gr.skip(),
+               f"⚠ Not continued: {html.escape(one_line(e))}"] + keep + idle
+        raise
+    last_plot = 0.0
+    for u in updates:
+        plot = gr.skip()
+        now = time.monotonic()
+        if u.done or (u.new_events and now - last_plot >= CURVE_EVERY_S):
+            events = s.run(u.run_id).events if u.done and u.run_id else u.events
+            plot = curves({name: events}) if events else gr.skip()
+            last_plot = now
+        if not u.done:
+            yield [s, progress_html(u.progress, u.text), plot, gr.skip()] + keep + running
+            continue
+        if u.run_id is None:
+            yield [s, progress_html(u.progress, u.text), plot,
+                   f"⚠ Training {u.status}: {html.escape(u.message)}"] + keep + idle
+            return
+        if u.warning:
+            gr.Warning(u.warning)
+        yield [s, progress_html(u.progress, u.text), plot,
+               f"✓ {html.escape(u.message)} — open **Inspect** to look inside."] \
+            + run_updates(s, u.run_id) + idle
+
+
 ABLATE_CHOICES = [("attention: none / SE / CBAM", "attention"),
                   ("Ghost modules vs regular convs", "ghost")]
 
@@ -344,6 +389,13 @@ def layout(ui: SimpleNamespace, limits: Limits) -> None:
                     ui.stop_btn = gr.Button("Stop", variant="stop", interactive=False,
                                             elem_id="cs-stop")
                 with gr.Row():
+                    ui.continue_run = gr.Dropdown([], label="Continue a stopped or finished run",
+                                                  scale=3)
+                    ui.continue_epochs = gr.Number(None, label="Epochs in all", precision=0,
+                                                   minimum=1, scale=1)
+                    ui.continue_btn = gr.Button("Continue training", scale=1,
+                                                elem_id="cs-continue")
+                with gr.Row():
                     ui.ablate_what = gr.Dropdown(ABLATE_CHOICES, value="attention", scale=2,
                                                  label="Ablate: same seed, data and settings")
                     ui.ablate_btn = gr.Button("Ablate", elem_id="cs-ablate", scale=1)
@@ -373,6 +425,11 @@ def wire(ui: SimpleNamespace, limits: Limits) -> None:
         + [ui.watch_plot] + buttons,
         api_name="train", concurrency_limit=limits.max_concurrent_trainings,
         concurrency_id="train", show_progress="hidden")
+    continue_event = ui.continue_btn.click(
+        on_continue, [ui.session_state, ui.continue_run, ui.continue_epochs],
+        [ui.session_state, ui.progress, ui.curves_plot, ui.train_status] + ui.run_pickers + buttons,
+        api_name="continue_training", concurrency_limit=limits.max_concurrent_trainings,
+        concurrency_id="train", show_progress="hidden")
     # the variants queue with every other training (same concurrency id and limit)
     ablate_event = ui.ablate_btn.click(
         on_ablate, settings_inputs + [ui.ablate_what],
@@ -382,6 +439,7 @@ def wire(ui: SimpleNamespace, limits: Limits) -> None:
         concurrency_id="train", show_progress="hidden")
     ui.stop_btn.click(on_stop, [ui.session_state],
                       [ui.progress, ui.curves_plot, ui.train_status] + ui.run_pickers + buttons,
-                      cancels=[train_event, ablate_event], api_name="stop", concurrency_limit=None
+                      cancels=[train_event, ablate_event, continue_event], api_name="stop",
+                      concurrency_limit=None
                       ).then(lambda: gr.update(interactive=True), None, ui.ablate_btn,
                              api_visibility="private")
