@@ -38,7 +38,7 @@ def has_attention(spec: dict) -> bool:
 
 
 def has_ghost(spec: dict) -> bool:
-    return any(l.get("block") == "ghost_module" for l in spec.get("layers", []))
+    return any(l.get("block") in ("ghost_module", "ghost_bottleneck") for l in spec.get("layers", []))
 
 
 def _param_names(block: Any) -> set[str]:
@@ -74,9 +74,11 @@ def swap_attention(spec: dict, attention: str) -> dict:
 def swap_ghost(spec: dict) -> dict:
     """A copy of `spec` with every `ghost_module` replaced by the regular conv it stands for
     (GhostNet Sec. 3.1: same output channels, kernel and stride; BatchNorm, and ReLU when the
-    module has one)."""
+    module has one), and every `ghost_bottleneck` built with regular 1×1 convs (ghost=false)."""
     out = copy.deepcopy(spec)
     for i, layer in enumerate(out["layers"]):
+        if layer.get("block") == "ghost_bottleneck":
+            out["layers"][i] = {**layer, "params": {**(layer.get("params") or {}), "ghost": False}}
         if layer.get("block") != "ghost_module":
             continue
         info = blocks.get_block("ghost_module")
@@ -103,7 +105,8 @@ def ablation_specs(spec: dict, attention: list[str] | None = None,
             out[f"attention {a}"] = {**swap_attention(spec, a), "name": f"{name} · attention {a}"}
     if ghost:
         if not has_ghost(spec):
-            raise AblationError(f"'{name}' has no ghost_module layer to swap for a regular conv")
+            raise AblationError(f"'{name}' has no Ghost module (ghost_module, ghost_bottleneck) to "
+                                f"swap for regular convs")
         for g in dict.fromkeys(ghost):
             if g not in GHOST_CHOICES:
                 raise AblationError(f"ghost must be one of {', '.join(GHOST_CHOICES)}, got {g!r}")

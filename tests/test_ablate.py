@@ -58,9 +58,16 @@ def test_swaps_of_standalone_attention_and_ghost_modules():
                                                 "act": "relu"}}
     specs = ablation_specs(spec, ghost=["ghost", "conv"])
     assert summarize(specs["ghost modules"]).params < summarize(specs["regular convs"]).params
+    # a Ghost bottleneck (16 -> 48 -> 16) with the regular 1×1 convs its Ghost modules replace
+    gb = {"input": [16, 8, 8], "layers": [{"block": "ghost_bottleneck", "params": {"out": 16, "mid": 48}},
+                                           {"block": "global_avg_pool"}, {"block": "linear"}]}
+    variants = ablation_specs(gb, ghost=["ghost", "conv"])
+    layer = [summarize(v).layers[0].params for v in variants.values()]
+    assert layer == [(16 * 24 + 48 + 24 * 9 + 48) + (48 * 8 + 16 + 8 * 9 + 16),   # s = 2, d = 3
+                     (16 * 48 + 2 * 48) + (48 * 16 + 2 * 16)]
     with pytest.raises(AblationError, match="no block with an attention choice"):
         ablation_specs(load_preset("LeNet-5"), ["none", "se"])
-    with pytest.raises(AblationError, match="no ghost_module"):
+    with pytest.raises(AblationError, match="no Ghost module"):
         ablation_specs(TINY, ghost=["conv"])
 
 

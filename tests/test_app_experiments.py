@@ -55,7 +55,7 @@ def test_ablate_trains_each_variant_and_opens_compare(app_env, one_thread):
     assert params[0] < params[1] < params[2]
     assert last[7].selected == "compare"                            # the Compare tab opens
     assert [row[0] for row in last[9]] == ids                       # the Compare table
-    with pytest.raises(gr.Error, match="no ghost_module"):
+    with pytest.raises(gr.Error, match="no Ghost module"):
         list(on_ablate(s, TINY, "shapes", None, 64, 1, 32, "adam", 3e-3, "onecycle", 0, False,
                        "cpu", "ghost"))
     s.close()

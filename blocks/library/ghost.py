@@ -60,15 +60,23 @@ def ghost_module(in_shape, out, kernel, stride, ratio, dw_kernel, relu):
     return GhostModule(in_shape[0], out, kernel, ratio, dw_kernel, stride, relu)
 
 
+def _conv_bn(c_in: int, c_out: int, relu: bool) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU() if relu else nn.Identity())
+
+
 class GhostBottleneck(nn.Module):
     """Ghost bottleneck (Fig. 3): Ghost module (expand, ReLU) -> depthwise k×k stride-2 conv +
     BN when stride is 2 -> optional attention -> Ghost module (project, no ReLU), plus a shortcut
     (identity, or depthwise conv + 1×1 conv when shape changes). SE is GhostNet's variant:
     hard-sigmoid gate, squeeze to a multiple of 4 of mid/reduction."""
 
-    def __init__(self, c_in, mid, c_out, kernel=3, stride=1, attention="none", reduction=4):
+    def __init__(self, c_in, mid, c_out, kernel=3, stride=1, attention="none", reduction=4,
+                 ghost=True):
         super().__init__()
-        self.ghost1 = GhostModule(c_in, mid, relu=True)
+        # ghost=False: the regular 1×1 conv + BN (+ ReLU) each Ghost module stands for (Sec. 3.1),
+        # for ablations
+        self.ghost1 = GhostModule(c_in, mid, relu=True) if ghost else _conv_bn(c_in, mid, True)
         self.dw = None
         if stride > 1:
             self.dw = nn.Sequential(nn.Conv2d(mid, mid, kernel, stride, (kernel - 1) // 2, groups=mid,
@@ -78,7 +86,7 @@ class GhostBottleneck(nn.Module):
             self.attn = SqueezeExcite(mid, gate="hardsigmoid", squeeze=make_divisible(mid / reduction, 4))
         elif attention == "cbam":
             self.attn = CBAM(mid, reduction)
-        self.ghost2 = GhostModule(mid, c_out, relu=False)
+        self.ghost2 = GhostModule(mid, c_out, relu=False) if ghost else _conv_bn(mid, c_out, False)
         self.shortcut = None
         if stride > 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
@@ -99,12 +107,13 @@ class GhostBottleneck(nn.Module):
           [p_out(16), Param("mid", "int", 48, "expansion channels", min=1, max=8192, channels=True),
            p_kernel(3), Param("stride", "int", 1, "1 or 2 (first repeat only)", min=1, max=2),
            Param("attention", "str", "none", "attention on the expanded maps", choices=ATTENTIONS),
-           Param("reduction", "int", 4, "attention reduction ratio", min=1, max=256)],
+           Param("reduction", "int", 4, "attention reduction ratio", min=1, max=256),
+           Param("ghost", "bool", True, "Ghost modules; false: the regular 1×1 convs they replace")],
           "Ghost bottleneck: two Ghost modules with a residual, GhostNet's building block.",
           "Han et al. 2020, GhostNet", inspect=("ghost", "se", "cbam"))
-def ghost_bottleneck(in_shape, out, mid, kernel, stride, attention, reduction):
+def ghost_bottleneck(in_shape, out, mid, kernel, stride, attention, reduction, ghost):
     if stride > 1:
         check_fits(in_shape, kernel, 1, (kernel - 1) // 2)
     if kernel % 2 == 0:
         raise SpecError(f"'kernel' must be odd, got {kernel}")
-    return GhostBottleneck(in_shape[0], mid, out, kernel, stride, attention, reduction)
+    return GhostBottleneck(in_shape[0], mid, out, kernel, stride, attention, reduction, ghost)
