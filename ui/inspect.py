@@ -11,6 +11,7 @@ import visual
 from lab.serve import session as sess
 from lab.serve.limits import Limits
 from lab.serve.session import Session
+from ui import photo
 from ui.common import get_session, user_errors
 from ui.runs import refresh_button
 
@@ -195,6 +196,7 @@ def layout(ui: SimpleNamespace) -> None:
                     ui.top5 = gr.Label(num_top_classes=5, label="Top-5 prediction",
                                        elem_id="cs-top5")
                     ui.view_note = gr.Markdown()
+        photo.layout(ui)       # a pretrained network on a real photo (ui/photo.py)
 
 
 def wire(ui: SimpleNamespace) -> None:
@@ -214,3 +216,4 @@ def wire(ui: SimpleNamespace) -> None:
     ui.show_btn.click(on_inspect, inputs, outputs, api_name="inspect")
     ui.inspect_tab.select(on_refresh_runs, [ui.session_state, ui.run_dd], ui.run_dd,
                           api_visibility="private")
+    photo.wire(ui)
