@@ -46,7 +46,10 @@ def page(app_server):
             shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_pretrained_resnet18_on_a_shipped_photo(page, tmp_path):
+@pytest.fixture()
+def weights_and_top1(tmp_path) -> tuple[Path, str]:
+    """The weights file and torchvision's top class on the photo, computed before the page
+    opens (fx tracing in the app's diagram, on another thread, patches nn.Module.__call__)."""
     torch.manual_seed(0)
     tv = torchvision.models.resnet18(weights=None).eval()
     weights = tmp_path / "resnet18.pth"
@@ -54,8 +57,11 @@ def test_pretrained_resnet18_on_a_shipped_photo(page, tmp_path):
     meta = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     with torch.no_grad():
         top1 = int(tv(meta.transforms()(Image.open(PHOTO).convert("RGB"))[None]).argmax())
-    expected = f"{meta.meta['categories'][top1]} · {top1}"
+    return weights, f"{meta.meta['categories'][top1]} · {top1}"
 
+
+def test_pretrained_resnet18_on_a_shipped_photo(weights_and_top1, page):
+    weights, expected = weights_and_top1
     page.get_by_role("tab", name="Inspect").click()
     page.get_by_text("Real photo with a pretrained network").click()
     assert page.locator("#cs-photo-preset input").input_value() == "ResNet-18 (ImageNet weights)"
