@@ -22,7 +22,7 @@ import gradio as gr
 
 from lab.serve.limits import Limits
 from ui import build, compare, export, inspect, runs, train
-from ui.common import CSS, EMPTY, UPLOAD, close_session, default_spec, get_session, on_refresh_runs, on_unload, user_errors  # noqa: F401,E501
+from ui.common import CSS, EMPTY, JS, UPLOAD, close_session, default_spec, get_session, on_refresh_runs, on_unload, user_errors  # noqa: F401,E501
 # The handlers, importable as app.<name> (the tests and scripts call them without a browser).
 from ui.build import (FORM_SLOTS, form_updates, on_add_layer, on_apply_json,  # noqa: F401
                       on_apply_params, on_load_preset, on_save_spec, on_upload_spec)
@@ -87,6 +87,7 @@ def launch_options(limits: Limits | None = None, env: dict | None = None) -> dic
         "max_file_size": limits.gradio_max_file_size(),
         "allowed_paths": [str(ASSETS)] if ASSETS.is_dir() else [],
         "css": CSS,
+        "js": JS,
         "show_error": True,
     }
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from blocks.registry import GROUPS, BlockInfo, Param, SpecError, get_block, list_blocks
+from blocks.builder import scale_channels
 
 MAX_SPEC_BYTES = 256 * 1024  # a spec file larger than this is not a spec
 
@@ -365,10 +366,25 @@ def layer_params(spec: dict, i: int) -> dict:
 
 # ----------------------------------------------------------------------------- table
 
-def describe_layer(layer: dict) -> str:
-    """'basic_residual(out=128, stride=2) ×2' — the non-default parameters."""
+def describe_layer(layer: dict, width: float = 1.0) -> str:
+    """'basic_residual(out=128, stride=2) ×2' — the non-default parameters. At a width other
+    than 1, channel parameters show the channels the layer gets, then the spec's value:
+    'conv(out=16 ← 64)' at width 0.25."""
     params = layer.get("params") or {}
-    inner = ", ".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in params.items())
+    channels = set()
+    if width != 1.0:
+        try:
+            channels = {p.name for p in get_block(layer.get("block")).params if p.channels}
+        except (KeyError, SpecError, AttributeError, TypeError):
+            channels = set()
+
+    def shown(k: str, v: Any) -> str:
+        if k in channels and isinstance(v, int) and not isinstance(v, bool):
+            return f"{scale_channels(v, width)} ← {v}"
+        if k in channels and isinstance(v, list) and all(isinstance(c, int) for c in v):
+            return f"{[scale_channels(c, width) for c in v]} ← {v}"
+        return json.dumps(v) if isinstance(v, str) else str(v)
+    inner = ", ".join(f"{k}={shown(k, v)}" for k, v in params.items())
     rep = layer.get("repeat", 1)
     return f"{layer.get('block')}({inner})" + (f" ×{rep}" if rep != 1 else "")
 
@@ -409,11 +425,14 @@ def layer_table(spec: dict) -> tuple[list[list], str]:
             return rows, f"⚠ {e}"
         return rows, f"⚠ {e}"
     rows = []
+    width = float(spec.get("width", 1.0) or 1.0)
     for r, layer in zip(s.layers, layers):
-        rows.append([r.index, describe_layer(layer), "×".join(map(str, r.out_shape)),
+        rows.append([r.index, describe_layer(layer, width), "×".join(map(str, r.out_shape)),
                      f"{r.params:,}", short(r.flops), short(r.activation_bytes, "B"), rf_cell(r), ""])
     rows.append(["", "total", "", f"{s.params:,}", short(s.flops),
                  short(s.activation_bytes, "B"), "", ""])
     status = (f"✓ {s.name}: input {'×'.join(map(str, s.input))}, {s.classes} classes — "
               f"{short(s.params)} parameters, {short(s.flops)} FLOPs per image")
+    if width != 1.0:
+        status += f" — width ×{width:g}: channels shown as used ← as written"
     return rows, status

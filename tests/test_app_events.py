@@ -227,8 +227,9 @@ def test_train_generator_streams_curves_and_records_the_run(app_env):
     assert run_dd["value"] == "run-1"
     rec = s.run("run-1")
     assert rec.status == "completed" and rec.start["train_size"] == 512
-    names = [t.name for t in figures[-1].data]
-    assert any("loss" in n for n in names) and any("acc" in n for n in names)
+    traces = figures[-1].data
+    assert any(t.xaxis == "x" and "loss" in t.hovertemplate for t in traces)      # loss panel
+    assert any(t.xaxis == "x2" and "acc" in t.hovertemplate for t in traces)      # accuracy panel
     assert outs[-1][-2]["interactive"] is True and outs[-1][-1]["interactive"] is False
     s.close()
 

@@ -16,7 +16,7 @@ from blocks import SpecError, edit
 from blocks.registry import get_block
 from presets import DEFAULT_CLASSES, DEFAULT_INPUT, DEFAULT_PRESET, DEFAULT_WIDTH, list_presets, load_preset
 from ui import cost, diagram
-from ui.common import EMPTY, get_session, spec_of, user_errors
+from ui.common import EMPTY, get_session, keeps_outputs, spec_of, user_errors
 
 FORM_SLOTS = 10
 
@@ -91,10 +91,10 @@ def on_load_preset(preset: str, width: float, spec_state: Any = None):
     """Load a preset (or start empty) at the current input shape and classes."""
     current = spec_of(spec_state)
     shape, classes = current.get("input", list(DEFAULT_INPUT)), current.get("classes", DEFAULT_CLASSES)
-    if not preset or preset == EMPTY:
-        spec = edit.empty_spec(shape, classes)
+    w = float(width) if width else None
+    if not preset or preset == EMPTY:   # the Width box's value, as a preset would get it
+        spec = edit.empty_spec(shape, classes, width=w or 1.0)
     else:
-        w = float(width) if width else None
         spec = load_preset(preset, input_shape=tuple(shape), classes=classes, width=w)
     return build_views(spec, 0)
 
@@ -232,7 +232,7 @@ def layout(ui: SimpleNamespace) -> None:
             ui.width_num = gr.Number(DEFAULT_WIDTH, label="Width ×", minimum=0.01, maximum=4,
                                      step=0.05, scale=1)
             ui.load_btn = gr.Button("Load preset", scale=1)
-        ui.status_md = gr.Markdown()
+        ui.status_md = gr.Markdown(elem_id="cs-build-status")
         with gr.Row():
             with gr.Column(scale=3):
                 ui.table = gr.Dataframe(headers=edit.TABLE_HEADERS, interactive=False, wrap=True,
@@ -265,7 +265,8 @@ def layout(ui: SimpleNamespace) -> None:
                 with gr.Accordion("All blocks", open=False):
                     gr.Markdown(edit.palette_markdown())
                 ui.json_code = gr.Code(language="json", label="Spec (JSON) — edit and apply",
-                                       lines=12, max_lines=30, interactive=True, wrap_lines=True)
+                                       lines=12, max_lines=30, interactive=True, wrap_lines=True,
+                                       elem_id="cs-json")
                 ui.apply_json_btn = gr.Button("Apply JSON")
                 with gr.Row():
                     ui.save_btn = gr.Button("Save spec (.json)")
@@ -280,27 +281,39 @@ def layout(ui: SimpleNamespace) -> None:
 
 
 def wire(ui: SimpleNamespace) -> None:
-    """The Build tab's events."""
+    """The Build tab's events. An expected error (a value out of range, invalid JSON) leaves
+    every output as it was and shows its message in the status line and a popup."""
     views = ui.build_views
-    ui.load_btn.click(on_load_preset, [ui.preset_dd, ui.width_num, ui.spec_state], views,
-                      api_name="load_preset")
+
+    def kept(fn: Callable, outputs: list) -> Callable:
+        return keeps_outputs(fn, len(outputs), outputs.index(ui.status_md))
+
+    ui.load_btn.click(kept(on_load_preset, views), [ui.preset_dd, ui.width_num, ui.spec_state],
+                      views, api_name="load_preset")
     ui.layer_dd.input(on_select_layer, [ui.spec_state, ui.layer_dd], ui.form,
                       api_visibility="private")
     ui.block_dd.change(on_palette_pick, ui.block_dd, ui.block_md, api_visibility="private")
-    ui.add_btn.click(on_add_layer, [ui.spec_state, ui.block_dd, ui.layer_dd], views,
+    ui.add_btn.click(kept(on_add_layer, views), [ui.spec_state, ui.block_dd, ui.layer_dd], views,
                      api_name="add_layer")
-    ui.del_btn.click(on_remove_layer, [ui.spec_state, ui.layer_dd], views, api_name="remove_layer")
-    ui.dup_btn.click(on_duplicate_layer, [ui.spec_state, ui.layer_dd], views,
+    ui.del_btn.click(kept(on_remove_layer, views), [ui.spec_state, ui.layer_dd], views,
+                     api_name="remove_layer")
+    ui.dup_btn.click(kept(on_duplicate_layer, views), [ui.spec_state, ui.layer_dd], views,
                      api_name="duplicate_layer")
-    ui.up_btn.click(_mover(-1), [ui.spec_state, ui.layer_dd], views, api_name="move_up")
-    ui.down_btn.click(_mover(+1), [ui.spec_state, ui.layer_dd], views, api_name="move_down")
-    ui.apply_btn.click(on_apply_params, [ui.spec_state, ui.layer_dd, ui.repeat_num] + ui.slots,
+    ui.up_btn.click(kept(_mover(-1), views), [ui.spec_state, ui.layer_dd], views,
+                    api_name="move_up")
+    ui.down_btn.click(kept(_mover(+1), views), [ui.spec_state, ui.layer_dd], views,
+                      api_name="move_down")
+    ui.apply_btn.click(kept(on_apply_params, views),
+                       [ui.spec_state, ui.layer_dd, ui.repeat_num] + ui.slots,
                        views, api_name="apply_params")
-    ui.apply_json_btn.click(on_apply_json, [ui.json_code, ui.spec_state, ui.layer_dd], views,
+    ui.apply_json_btn.click(kept(on_apply_json, views),
+                            [ui.json_code, ui.spec_state, ui.layer_dd], views,
                             api_name="apply_json")
     ui.save_btn.click(on_save_spec, [ui.spec_state, ui.session_state],
                       [ui.session_state, ui.spec_file], api_name="save_spec")
-    ui.upload_btn.upload(on_upload_spec, [ui.upload_btn, ui.spec_state, ui.session_state],
-                         [ui.session_state] + views, api_name="upload_spec")
+    upload_outputs = [ui.session_state] + views
+    ui.upload_btn.upload(kept(on_upload_spec, upload_outputs),
+                         [ui.upload_btn, ui.spec_state, ui.session_state],
+                         upload_outputs, api_name="upload_spec")
     diagram.wire(ui)
     cost.wire(ui)

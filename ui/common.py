@@ -32,9 +32,29 @@ USER_ERRORS = (SpecError, LimitError, SessionError, DatasetError, ValueError, Ke
 
 CSS = """
 .cs-progress {height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden;}
-.cs-progress > div {height: 100%; background: var(--color-accent); transition: width .2s;}
+.cs-progress > div {height: 100%; background: var(--color-accent);}
 .cs-progress-text {font-size: var(--text-sm); margin-top: 4px; color: var(--body-text-color-subdued);}
 #cs-title h1 {margin-bottom: 0;}
+"""
+
+
+# Gradio's gr.Plot mounts a new Plotly graph for every new figure and drops the old one
+# without Plotly.purge; Plotly's window "resize" listener (config.responsive, which Gradio
+# sets) then keeps every old graph alive: ~500 detached nodes and ~100 listeners per redraw,
+# so a page that redraws live curves grows and slows with every run. This purges a graph
+# as soon as it leaves the page.
+JS = """
+() => {
+  const purge = (node) => {
+    if (!(node instanceof Element) || !window.Plotly) return;
+    const graphs = node.classList.contains('js-plotly-plot') ? [node]
+      : node.querySelectorAll('.js-plotly-plot');
+    for (const gd of graphs) if (!gd.isConnected) window.Plotly.purge(gd);
+  };
+  new MutationObserver((records) => {
+    for (const r of records) for (const n of r.removedNodes) purge(n);
+  }).observe(document.body, {childList: true, subtree: true});
+}
 """
 
 
@@ -50,18 +70,29 @@ def md_text(text: str) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+!|<>])", r"\\\1", html.escape(text, quote=False))
 
 
+class BugError(gr.Error):
+    """An unexpected error turned into a message: a bug, whose traceback is logged once."""
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Turn exceptions into a gr.Error with one readable line; the app keeps serving."""
+    """Turn exceptions into a gr.Error with one readable line; the app keeps serving.
+    Expected user errors (USER_ERRORS, or a gr.Error the handler raised) log one line; a
+    real bug logs its traceback and becomes a BugError."""
     def convert(e: Exception) -> gr.Error:
         if isinstance(e, gr.Error):
+            if not isinstance(e, BugError):
+                log.info("%s: %s", fn.__name__, one_line(Exception(e.message)))
+                e.print_exception = False
             return e
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            log.warning("%s: disk full (%s)", fn.__name__, one_line(e))
             return gr.Error("The server's disk is full, so nothing could be written; "
-                            "try again later.")
+                            "try again later.", print_exception=False)
         if isinstance(e, USER_ERRORS):
-            return gr.Error(one_line(e))
+            log.info("%s: %s", fn.__name__, one_line(e))
+            return gr.Error(one_line(e), print_exception=False)
         log.exception("unexpected error in %s", fn.__name__)
-        return gr.Error(f"Something went wrong: {one_line(e)}")
+        return BugError(f"Something went wrong: {one_line(e)}", print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -78,6 +109,42 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
             raise convert(e) from None
+    return call
+
+
+def keeps_outputs(fn: Callable, n: int, status: int | None = None) -> Callable:
+    """`fn` as an event handler whose expected errors leave all its `n` outputs as they were:
+    the message goes to a popup (gr.Warning) and, as "⚠ message", to output `status` (a
+    status line), instead of Gradio's red "Error" badge over every output — which hid the
+    very JSON or value the user has to fix. Bugs (BugError) still fail the event. The
+    handler itself keeps raising gr.Error, for tests and scripts that call it directly."""
+    def kept(e: gr.Error) -> list:
+        message = one_line(Exception(e.message))
+        gr.Warning(message)
+        out = [gr.skip()] * n
+        if status is not None:
+            out[status] = f"⚠ {md_text(message)}"
+        return out if n > 1 else out[0]
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except BugError:
+                raise
+            except gr.Error as e:
+                yield kept(e)
+        return gen
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BugError:
+            raise
+        except gr.Error as e:
+            return kept(e)
     return call
 
 
@@ -142,8 +209,8 @@ def to_int(value: Any, what: str) -> int:
     return int(v)
 
 
-def curves(events_by_run: dict[str, list[dict]]):
-    return visual.curves_figure(events_by_run).figure
+def curves(events_by_run: dict[str, list[dict]], log_loss: bool = False):
+    return visual.curves_figure(events_by_run, log_loss=bool(log_loss)).figure
 
 def on_refresh_runs(session_state: Any, current: Any):
     """A tab was opened: its run picker lists the session's runs (a run finished after a

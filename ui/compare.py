@@ -10,7 +10,7 @@ import visual
 from blocks.summary import human
 from lab.serve import session as sess
 from lab.serve.session import Session
-from ui.common import curves, get_session, on_refresh_runs, user_errors
+from ui.common import curves, get_session, keeps_outputs, on_refresh_runs, user_errors
 from ui.runs import refresh_button
 
 ENERGY_IMAGES = 32           # test images the Compare table scores attention on
@@ -39,18 +39,19 @@ COMPARE_HEADERS = ["run", "network", "data set", "status", "parameters", "FLOPs 
 
 
 @user_errors
-def on_compare(session_state: Any, run_ids: Any, request: gr.Request = None):
-    """Overlaid curves and a table of the chosen runs."""
+def on_compare(session_state: Any, run_ids: Any, log_loss: bool = False,
+               request: gr.Request = None):
+    """Overlaid curves (loss on a log axis with `log_loss`) and a table of the chosen runs."""
     s = get_session(session_state, request)
     ids = list(run_ids or [])
     if not ids:
-        return [s, curves({}), []]
+        return [s, curves({}, log_loss), []]
     recs = [s.run(i) for i in ids]
-    fig = curves({r.id + " · " + r.spec.get("name", ""): r.events for r in recs})
+    fig = curves({r.id + " · " + r.spec.get("name", ""): r.events for r in recs}, log_loss)
     rows = []
     for r in recs:
         acc, ips = r.best_test_acc, r.images_per_sec
-        rows.append([r.id, r.spec.get("name", ""), r.settings.get("dataset", ""), r.status,
+        rows.append([r.id, r.spec.get("name", ""), r.dataset_name, r.status,
                      f"{r.start.get('params', 0):,}", human(r.start.get("flops", 0)),
                      "–" if acc is None else f"{100 * acc:.1f}%",
                      "–" if ips is None else f"{ips:,.0f}", attention_energy(s, r)])
@@ -65,8 +66,11 @@ def layout(ui: SimpleNamespace) -> None:
         with gr.Row():
             ui.compare_runs = gr.CheckboxGroup([], label="Runs", scale=4)
             ui.refresh_btns.append(refresh_button())
-        ui.compare_btn = gr.Button("Compare")
-        ui.compare_plot = gr.Plot(label="Curves")
+        with gr.Row():
+            ui.compare_btn = gr.Button("Compare", scale=3)
+            ui.compare_log = gr.Checkbox(False, label="log-scale loss", scale=1,
+                                         elem_id="cs-compare-log")
+        ui.compare_plot = gr.Plot(curves({}), label="Curves", elem_id="cs-compare-curves")
         ui.compare_table = gr.Dataframe(headers=COMPARE_HEADERS, interactive=False, wrap=True,
                                         elem_id="cs-compare-table")
 
@@ -74,8 +78,10 @@ def layout(ui: SimpleNamespace) -> None:
 def wire(ui: SimpleNamespace) -> None:
     """The Compare tab's events: opening it refreshes the runs and redraws."""
     outputs = [ui.session_state, ui.compare_plot, ui.compare_table]
+    inputs = [ui.session_state, ui.compare_runs, ui.compare_log]
+    compare = keeps_outputs(on_compare, len(outputs))
     ui.compare_tab.select(on_refresh_runs, [ui.session_state, ui.compare_runs], ui.compare_runs,
                           api_visibility="private").then(
-        on_compare, [ui.session_state, ui.compare_runs], outputs, api_visibility="private")
-    ui.compare_btn.click(on_compare, [ui.session_state, ui.compare_runs], outputs,
-                         api_name="compare")
+        compare, inputs, outputs, api_visibility="private")
+    ui.compare_btn.click(compare, inputs, outputs, api_name="compare")
+    ui.compare_log.input(compare, inputs, outputs, api_visibility="private")

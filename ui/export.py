@@ -10,7 +10,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from lab.serve.session import Session
-from ui.common import get_session, on_refresh_runs, user_errors
+from ui.common import get_session, keeps_outputs, on_refresh_runs, user_errors
 from ui.runs import manage_layout, refresh_button
 
 
@@ -45,8 +45,12 @@ def export_file(s: Session, run_id: Any, fmt: str) -> Path:
 NEXT_STEPS = {
     "spec": "Train it beyond the app, on every GPU of a machine: "
             "`torchrun --standalone --nproc_per_node=gpu -m lab train --spec {name} --dataset cifar10`.",
-    "py": "Torch alone runs it: `python {name} check`; train it on several GPUs without ConvScope: "
+    "py": "Torch alone runs it: download the trained weights too (**{weights_label}**) and run "
+          "`python {name} check --weights {weights}` (without `--weights` it checks an untrained "
+          "copy); train it on several GPUs without ConvScope: "
           "`torchrun --standalone --nproc_per_node=gpu {name} train --data data.npz`.",
+    "safetensors": "The trained weights for the PyTorch (.py) export: "
+                   "`python {py} check --weights {name}`.",
 }
 
 
@@ -57,7 +61,11 @@ def exporter(fmt: str) -> Callable:
         path = export_file(s, run_id, fmt)
         note = f"Wrote {FORMAT_LABELS[fmt]}: `{path.name}` ({path.stat().st_size / 1024:,.1f} KiB)."
         if fmt in NEXT_STEPS:
-            note += " " + NEXT_STEPS[fmt].format(name=path.name)
+            from lab.export.formats import default_name
+            net = s.run(run_id or None).spec.get("name", "network")
+            note += " " + NEXT_STEPS[fmt].format(
+                name=path.name, weights=default_name(net, "safetensors"),
+                weights_label=FORMAT_LABELS["safetensors"], py=default_name(net, "py"))
         return [s, str(path), note]
     on_export.__name__ = f"on_export_{fmt}"
     return on_export
@@ -83,5 +91,5 @@ def wire(ui: SimpleNamespace) -> None:
     ui.export_tab.select(on_refresh_runs, [ui.session_state, ui.export_run], ui.export_run,
                          api_visibility="private")
     for fmt, btn in ui.export_btns.items():
-        btn.click(exporter(fmt), [ui.session_state, ui.export_run],
+        btn.click(keeps_outputs(exporter(fmt), 3, 2), [ui.session_state, ui.export_run],
                   [ui.session_state, ui.export_out, ui.export_note], api_name=f"export_{fmt}")

@@ -12,7 +12,7 @@ from lab.serve import session as sess
 from lab.serve.limits import Limits
 from lab.serve.session import Session
 from ui import photo
-from ui.common import get_session, user_errors
+from ui.common import get_session, keeps_outputs, md_text, user_errors
 from ui.runs import refresh_button
 
 QUALITY_IMAGES = 32          # test images the attention-quality view scores
@@ -26,30 +26,82 @@ VIEWS: list[tuple[str, str]] = [
     ("Network diagram", "diagram"), ("Confusion matrix", "confusion"),
 ]
 VIEW_KINDS = {"ghost": ("ghost",), "se": ("se",), "se_class": ("se",), "cbam": ("cbam",)}
+# views that look at the whole network (or only at the input), not at one chosen layer
+NO_LAYER = {"ig", "saliency", "occlusion", "redundancy_layers", "quality", "params_flops",
+            "diagram", "confusion"}
 MARKS = {"cbam": "◆ ", "se": "◆ ", "ghost": "◇ "}
+DEFAULT_LAYER = ("(default for the view)", "")
 
 
 def _layer_label(c: Any) -> str:
-    return MARKS.get(c.kind, "") + c.label
+    """'◆ layer 3 · block 2 · CBAM · 64×8×8  (layers.3.1.attn)'."""
+    shape = "×".join(map(str, c.out_shape))
+    return f"{MARKS.get(c.kind, '')}{c.title or c.name} · {shape}  ({c.name})"
+
+
+def run_layers(rec: Any) -> list:
+    """The run's inspectable layers (visual.layer_choices), computed once per run."""
+    if "layer_choices" not in rec.cache:
+        rec.cache["layer_choices"] = visual.layer_choices(rec.model)
+    return rec.cache["layer_choices"]
+
+
+def view_choices(rec: Any, ds: Any) -> list[tuple[str, str]]:
+    """The views this run's model and data set have: no SE views without an SE module, no
+    Ghost maps without a Ghost module, no CBAM view without CBAM, no attention quality
+    without object masks."""
+    kinds = {c.kind for c in run_layers(rec)}
+    out = []
+    for label, view in VIEWS:
+        need = VIEW_KINDS.get(view)
+        if need and not set(need) & kinds:
+            continue
+        if view == "quality" and getattr(ds, "test_masks", None) is None:
+            continue
+        out.append((label, view))
+    return out
+
+
+def layer_options(rec: Any, view: str) -> list[tuple[str, str]]:
+    """The layers a view can look at (its kind only, e.g. CBAM modules for the CBAM view)."""
+    if view in NO_LAYER:
+        return [("(the view does not use a layer)", "")]
+    kinds = VIEW_KINDS.get(view)
+    return [DEFAULT_LAYER] + [(_layer_label(c), c.name) for c in run_layers(rec)
+                              if not kinds or c.kind in kinds]
 
 
 @user_errors
-def on_pick_run(session_state: Any, run_id: Any, request: gr.Request = None):
-    """A run was picked: its test images, its layers, the sketchpad if it reads digits."""
+def on_pick_run(session_state: Any, run_id: Any, view: str = "gradcam",
+                request: gr.Request = None):
+    """A run was picked: its test images, the views and layers its model has, the sketchpad
+    if it reads digits."""
     s = get_session(session_state, request)
     if not s.runs and not s.run_choices():
         return [s, gr.update(value=[]), gr.update(choices=[("(default)", "")], value=""),
-                gr.update(visible=False), None, "Train a network first (Train tab)."]
+                gr.update(visible=False), None, "Train a network first (Train tab).", gr.skip()]
     rec = s.run(run_id or None)
     ds = s.dataset_for(rec)
     gallery = sess.test_images(ds)
-    layers = [("(default for the view)", "")] + [(_layer_label(c), c.name)
-                                                 for c in visual.layer_choices(rec.model)]
+    views = view_choices(rec, ds)
+    view = view if view in {v for _, v in views} else "gradcam"
     digits = rec.spec["input"][0] == 1
-    note = (f"**{rec.label}** — pick a test image (or upload / draw one), a view and a layer. "
-            f"◆ marks attention (SE/CBAM) modules, ◇ Ghost modules.")
-    return [s, gr.update(value=gallery, selected_index=None), gr.update(choices=layers, value=""),
-            gr.update(visible=digits), {"source": "test", "index": 0}, note]
+    note = (f"**{md_text(rec.label)}** — pick a test image (or upload / draw one), a view and a "
+            f"layer. ◆ marks attention (SE/CBAM) modules, ◇ Ghost modules.")
+    return [s, gr.update(value=gallery, selected_index=None),
+            gr.update(choices=layer_options(rec, view), value=""),
+            gr.update(visible=digits), {"source": "test", "index": 0}, note,
+            gr.update(choices=views, value=view)]
+
+
+@user_errors
+def on_pick_view(session_state: Any, run_id: Any, view: str, layer: Any):
+    """A view was picked: the layer picker lists only the layers it can look at."""
+    if not isinstance(session_state, Session) or not session_state.run_choices():
+        return gr.skip()
+    rec = session_state.run(run_id or None)
+    options = layer_options(rec, view or "gradcam")
+    return gr.update(choices=options, value=layer if layer in {v for _, v in options} else "")
 
 
 def on_gallery_select(evt: gr.SelectData):
@@ -110,7 +162,8 @@ def compute_view(s: Session, rec: Any, view: str, image_choice: Any, layer: str 
             layer = None
     layer = layer or None
     if view in visual.METHODS:
-        v = visual.attribution_view(model, x, img, method=view, layer=layer, classes=classes)
+        v = visual.attribution_view(model, x, img, method=view, layer=layer, classes=classes,
+                                    show_top5=False)      # the page shows top-5 beside it
     elif view == "features":
         v = visual.feature_grid(model, x, img, layer=layer)
     elif view == "ghost":
@@ -186,8 +239,8 @@ def layout(ui: SimpleNamespace) -> None:
                                              canvas_size=(280, 280), height=300,
                                              image_mode="RGBA")
                 ui.view_dd = gr.Dropdown(VIEWS, value="gradcam", label="View", elem_id="cs-view")
-                ui.layer_pick = gr.Dropdown([("(default for the view)", "")], value="",
-                                            label="Layer")
+                ui.layer_pick = gr.Dropdown([DEFAULT_LAYER], value="", label="Layer",
+                                            elem_id="cs-layer")
                 ui.show_btn = gr.Button("Show", variant="primary", elem_id="cs-show")
                 ui.preview = gr.Image(label="Input", height=120, interactive=False)
             with gr.Column(scale=3):
@@ -203,9 +256,11 @@ def wire(ui: SimpleNamespace) -> None:
     """The Inspect tab's events."""
     from ui.common import on_refresh_runs
     pick_outputs = [ui.session_state, ui.gallery, ui.layer_pick, ui.sketch, ui.image_state,
-                    ui.inspect_note]
-    ui.run_dd.change(on_pick_run, [ui.session_state, ui.run_dd], pick_outputs,
-                     api_name="pick_run")
+                    ui.inspect_note, ui.view_dd]
+    ui.run_dd.change(keeps_outputs(on_pick_run, len(pick_outputs), 5),
+                     [ui.session_state, ui.run_dd, ui.view_dd], pick_outputs, api_name="pick_run")
+    ui.view_dd.input(on_pick_view, [ui.session_state, ui.run_dd, ui.view_dd, ui.layer_pick],
+                     ui.layer_pick, api_visibility="private")
     ui.gallery.select(on_gallery_select, None, ui.image_state, api_visibility="private")
     # preprocess=False: the handler decodes the file itself, under its own limits.
     ui.upload_img.upload(on_upload_image, ui.upload_img, ui.image_state, api_name="upload_image",
@@ -213,7 +268,8 @@ def wire(ui: SimpleNamespace) -> None:
     ui.sketch.change(on_sketch, ui.sketch, ui.image_state, api_visibility="private")
     inputs = [ui.session_state, ui.run_dd, ui.view_dd, ui.image_state, ui.layer_pick]
     outputs = [ui.session_state, ui.view_plot, ui.top5, ui.view_note, ui.preview]
-    ui.show_btn.click(on_inspect, inputs, outputs, api_name="inspect")
+    ui.show_btn.click(keeps_outputs(on_inspect, len(outputs), 3), inputs, outputs,
+                      api_name="inspect")
     ui.inspect_tab.select(on_refresh_runs, [ui.session_state, ui.run_dd], ui.run_dd,
                           api_visibility="private")
     photo.wire(ui)

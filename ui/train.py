@@ -17,10 +17,13 @@ from lab.serve.limits import LimitError, Limits
 from lab.serve.session import Session
 from lab.train.device import available_devices, device_name
 from ui.build import build_views
-from ui.common import (UPLOAD, curves, get_session, md_text, one_line, progress_html, run_updates,
-                       spec_of, to_int, user_errors)
+from ui.common import (UPLOAD, curves, get_session, keeps_outputs, md_text, one_line, progress_html,
+                       run_updates, spec_of, to_int, user_errors)
 
-CURVE_EVERY_S = 0.5          # the curves figure is redrawn at most twice a second
+# The curves are redrawn at most every CURVE_EVERY_S (and once at the end): each redraw costs
+# the page a Plotly update, and a redraw twice a second made the page busier than the trainer.
+CURVE_EVERY_S = 2.0
+PROGRESS_EVERY_S = 1.0       # the progress bar and its text, between redraws
 WATCH_CHOICES = [("none", "none"), ("Grad-CAM", "gradcam"), ("CBAM spatial map", "cbam"),
                  ("SE excitation", "se"), ("feature grid (last layer)", "features"),
                  ("Ghost redundancy", "ghost")]
@@ -80,21 +83,23 @@ def _upload_path(upload: Any, session: Session) -> str:
     return str(path)
 
 
-SKIP_KINDS = (("unsafe", "unsafe entries (absolute paths, '..' or links)"),
-              ("non_images", "files that are not images"), ("corrupt", "corrupt images"),
-              ("too_large", "images with too many pixels"),
-              ("outside_classes", "files outside the class folders"))
+SKIP_KINDS = (("unsafe", "unsafe entry", "unsafe entries", " (absolute paths, '..' or links)"),
+              ("non_images", "file that is not an image", "files that are not images", ""),
+              ("corrupt", "corrupt image", "corrupt images", ""),
+              ("too_large", "image with too many pixels", "images with too many pixels", ""),
+              ("outside_classes", "file outside the class folders",
+               "files outside the class folders", ""))
 
 
 def skipped_note(report: dict) -> str:
     """One line on what an uploaded zip's reader skipped ('' when nothing was)."""
     parts = []
-    for kind, what in SKIP_KINDS:
+    for kind, one, many, why in SKIP_KINDS:
         n = int(report.get(f"skipped_{kind}", 0) or 0)
         if n:
             examples = report.get("examples", {}).get(kind) or []
             eg = f" (e.g. {examples[0][:80]})" if examples else ""
-            parts.append(f"{n:,} {what}{eg}")
+            parts.append(f"{n:,} {one if n == 1 else many}{why}{eg}")
     return ("Skipped " + "; ".join(parts) + ".") if parts else ""
 
 
@@ -157,16 +162,48 @@ def _settings(dataset: str, upload: Any, s: Session, epochs: Any, batch: Any, op
 
 
 
+def network_note(spec_state: Any) -> str:
+    """What Start will train: the Build tab's network, in one line."""
+    from blocks import SpecError
+    from blocks.summary import summarize
+    spec = spec_of(spec_state)
+    name = md_text(str(spec.get("name", "network")))
+    try:
+        s = summarize(spec)
+    except (SpecError, ValueError, KeyError, TypeError) as e:
+        return f"Start trains **{name}** from the Build tab, which does not build yet: " \
+               f"{md_text(one_line(e))}"
+    width = float(spec.get("width", 1.0) or 1.0)
+    return (f"Start trains **{name}** from the Build tab: {edit.short(s.params)} parameters"
+            + (f" at width ×{width:g}" if width != 1.0 else "")
+            + f", input {'×'.join(map(str, s.input))}, {s.classes} classes.")
+
+
+@user_errors
+def on_log_loss(session_state: Any, log_loss: bool):
+    """The log-scale box: remembered for this visitor's redraws; the latest run is redrawn
+    at once (a run in progress picks it up at its next redraw)."""
+    if not isinstance(session_state, Session):
+        return curves({}, log_loss)
+    session_state.prefs["log_loss"] = bool(log_loss)
+    if session_state.training or not session_state.runs:
+        return gr.skip() if session_state.training else curves({}, log_loss)
+    rec = session_state.run(None)
+    return curves({rec.spec.get("name", "network"): rec.events}, log_loss)
+
+
 @user_errors
 def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, train_size: Any,
              epochs: Any, batch: Any, optimizer: str, lr: Any, schedule: str, seed: Any,
              augment: bool, device: str, watch_view: Any = "none", watch_index: Any = 0,
-             request: gr.Request = None):
+             log_loss: bool = False, request: gr.Request = None):
     """Start a run and stream its progress; yields (session, progress, curves, status,
     inspect run, compare runs, export run, watch view, start button, stop button). With a
     watch view, a snapshot of it for test image `watch_index` is taken at every epoch end
-    and drawn beside the curves (its slider replays the epochs)."""
+    and drawn beside the curves (its slider replays the epochs). `log_loss`: the loss on a
+    log axis (the box can change it during the run)."""
     s = get_session(session_state, request)
+    s.prefs["log_loss"] = bool(log_loss)
     settings = _settings(dataset, upload, s, epochs, batch, optimizer, lr, schedule, seed,
                          augment, device)
     size = to_int(train_size, "train size") if train_size not in (None, "", 0) else None
@@ -176,8 +213,9 @@ def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, tra
     running = [gr.update(interactive=False), gr.update(interactive=True)]
     idle = [gr.update(interactive=True), gr.update(interactive=False)]
     keep = [gr.skip()] * 4
+    shown_name = sess.dataset_display_name(settings.dataset)
     yield [s, progress_html(0, "loading data and building the network…"), gr.skip(),
-           f"Training **{html.escape(name)}** on {html.escape(str(dataset))}…"] + keep + running
+           f"Training **{html.escape(name)}** on {md_text(shown_name)}…"] + keep + running
     try:
         updates = s.start_training(spec, settings, train_size=size,   # checks limits first
                                    **({"watch": watch} if watch else {}))
@@ -185,19 +223,24 @@ def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, tra
         yield [s, progress_html(0, "not started"), gr.skip(),
                f"⚠ Not started: {html.escape(one_line(e))}"] + keep + idle
         raise
-    last_plot = 0.0
+    last_plot = last_yield = 0.0
     shown = 0
+    unchanged = [gr.skip()] * 2      # the buttons were set by the first yield
     image = _watched_image(s, settings, size, watch["index"]) if watch else None
     for u in updates:
-        plot = gr.skip()
+        plot, drawn = gr.skip(), False
         now = time.monotonic()
         if u.done or (u.new_events and now - last_plot >= CURVE_EVERY_S):
-            plot = curves({name: u.events}) if u.events else gr.skip()
+            if u.events:
+                plot, drawn = curves({name: u.events}, s.prefs.get("log_loss")), True
             last_plot = now
+        before = shown
         watched, shown = watch_plot(u.events, shown, image) if watch else (gr.skip(), 0)
         if not u.done:
-            yield [s, progress_html(u.progress, u.text), plot, gr.skip()] + keep[:3] + [watched] \
-                + running
+            if drawn or shown != before or now - last_yield >= PROGRESS_EVERY_S:
+                last_yield = now
+                yield [s, progress_html(u.progress, u.text), plot, gr.skip()] + keep[:3] \
+                    + [watched] + unchanged
             continue
         if u.run_id is None:
             gr.Warning(f"Training {u.status}: {u.message}")
@@ -339,7 +382,7 @@ def on_stop(session_state: Any):
         return [gr.skip(), gr.skip(), "Nothing is training (or it is still stopping)."] \
             + [gr.skip()] * 3 + idle
     rec = s.run(run_id)
-    plot = curves({rec.spec.get("name", "network"): rec.events})
+    plot = curves({rec.spec.get("name", "network"): rec.events}, s.prefs.get("log_loss"))
     acc = rec.end.get("test_acc")
     acc_text = "" if acc is None else f", test accuracy {100 * acc:.1f}%"
     frac = next((e.get("progress", 0) for e in reversed(rec.events) if e.get("type") == "step"), 0)
@@ -384,6 +427,7 @@ def layout(ui: SimpleNamespace, limits: Limits) -> None:
                     ui.watch_view = gr.Dropdown(WATCH_CHOICES, value="none", elem_id="cs-watch-view",
                                                 label="Watch while training (each epoch)")
                     ui.watch_index = gr.Number(0, label="test image #", precision=0, minimum=0)
+                ui.train_net = gr.Markdown(network_note(None), elem_id="cs-train-net")
                 with gr.Row():
                     ui.start_btn = gr.Button("Start", variant="primary", elem_id="cs-start")
                     ui.stop_btn = gr.Button("Stop", variant="stop", interactive=False,
@@ -401,7 +445,8 @@ def layout(ui: SimpleNamespace, limits: Limits) -> None:
                     ui.ablate_btn = gr.Button("Ablate", elem_id="cs-ablate", scale=1)
             with gr.Column(scale=2):
                 ui.progress = gr.HTML(progress_html(0, "not started"), elem_id="cs-progress")
-                ui.curves_plot = gr.Plot(label="Training curves", elem_id="cs-curves")
+                ui.curves_plot = gr.Plot(curves({}), label="Training curves", elem_id="cs-curves")
+                ui.train_log = gr.Checkbox(False, label="log-scale loss", elem_id="cs-train-log")
                 ui.watch_plot = gr.Plot(label="Watched view (the slider replays the epochs)",
                                         elem_id="cs-watch")
                 ui.train_status = gr.Markdown(elem_id="cs-train-status")
@@ -412,17 +457,22 @@ def wire(ui: SimpleNamespace, limits: Limits) -> None:
     run appears in the Inspect, Compare and Export pickers)."""
     dataset_inputs = [ui.dataset_dd, ui.zip_file, ui.spec_state, ui.layer_dd, ui.session_state]
     dataset_outputs = [ui.session_state, ui.dataset_md, ui.zip_file] + ui.build_views
-    ui.dataset_dd.change(on_dataset_change, dataset_inputs, dataset_outputs, api_name="set_dataset")
-    ui.zip_file.upload(on_dataset_change, dataset_inputs, dataset_outputs,
-                       api_visibility="private")
+    on_dataset = keeps_outputs(on_dataset_change, len(dataset_outputs), 1)
+    ui.dataset_dd.change(on_dataset, dataset_inputs, dataset_outputs, api_name="set_dataset")
+    ui.zip_file.upload(on_dataset, dataset_inputs, dataset_outputs, api_visibility="private")
+    ui.spec_state.change(network_note, ui.spec_state, ui.train_net, api_visibility="private",
+                         show_progress="hidden")
+    ui.train_log.input(on_log_loss, [ui.session_state, ui.train_log], ui.curves_plot,
+                       api_visibility="private", show_progress="hidden")
     buttons = [ui.start_btn, ui.stop_btn]
     settings_inputs = [ui.session_state, ui.spec_state, ui.dataset_dd, ui.zip_file, ui.train_size,
                        ui.epochs, ui.batch, ui.optimizer, ui.lr, ui.schedule, ui.seed, ui.augment,
                        ui.device]
+    train_outputs = [ui.session_state, ui.progress, ui.curves_plot, ui.train_status] \
+        + ui.run_pickers + [ui.watch_plot] + buttons
     train_event = ui.start_btn.click(
-        on_train, settings_inputs + [ui.watch_view, ui.watch_index],
-        [ui.session_state, ui.progress, ui.curves_plot, ui.train_status] + ui.run_pickers
-        + [ui.watch_plot] + buttons,
+        keeps_outputs(on_train, len(train_outputs), 3),
+        settings_inputs + [ui.watch_view, ui.watch_index, ui.train_log], train_outputs,
         api_name="train", concurrency_limit=limits.max_concurrent_trainings,
         concurrency_id="train", show_progress="hidden")
     continue_event = ui.continue_btn.click(

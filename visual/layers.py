@@ -174,7 +174,10 @@ def readable_name(model: nn.Module, name: str) -> str:
         elif kind == "conv" and k == len(rest) - 1 and "conv" not in word:
             word += " conv"
         words.append(word)
-    if not rest and i < len(infos):     # the spec layer itself, or one block of it
+    kind = _kind_word(modules.get(name))
+    if not rest and kind in ("CBAM", "SE", "Ghost"):
+        words.append(kind)
+    elif not rest and i < len(infos):     # the spec layer itself, or one block of it
         block = infos[i].block.replace("_", " ")
         words.append(block + (f" ×{repeat}" if repeat > 1 and len(parts) == 2 else ""))
     return " · ".join(words)

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import csv
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -96,6 +97,25 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
+# The exporter's passes log ~10-30 INFO lines per export ("No unused functions to remove")
+# into an app or CLI that logs at INFO; during an export they log warnings and errors only.
+QUIET_ONNX_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._dynamo",
+                      "torch.fx.experimental.symbolic_shapes")
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: tuple[str, ...], level: int = logging.WARNING):
+    loggers = [logging.getLogger(n) for n in names]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level, lg.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, before):
+            lg.setLevel(old)
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape=None,
                 opset: int | None = None) -> Path:
     """ONNX through torch's dynamo exporter (torch.export + onnxscript; opset: torch's
@@ -111,7 +131,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape=None,
     model = _eval_copy(model)
     sample = torch.randn(2, *shape, device=_device(model))  # 2, not 1: keep the batch dynamic
     batch = torch.export.Dim("batch")
-    with _atomic(path) as tmp:
+    with _atomic(path) as tmp, _quiet_loggers(QUIET_ONNX_LOGGERS):
         try:
             program = torch.onnx.export(model, (sample,), dynamo=True, input_names=["input"],
                                         output_names=["logits"], dynamic_shapes=({0: batch},),

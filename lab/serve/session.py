@@ -198,12 +198,25 @@ class RunRecord:
         return self.end.get("images_per_sec")
 
     @property
+    def dataset_name(self) -> str:
+        """The data set as people call it: a built-in's name, or an uploaded zip's own file
+        name — never the server path it was stored under."""
+        return dataset_display_name(self.settings.get("dataset", "?"))
+
+    @property
     def label(self) -> str:
         acc = self.best_test_acc
         acc_text = "" if acc is None else f" · {100 * acc:.1f}%"
         name = f"{self.title} · " if self.title else ""
         return (f"{self.id} · {name}{self.spec.get('name', 'network')} · "
-                f"{self.settings.get('dataset', '?')}{acc_text}")
+                f"{self.dataset_name}{acc_text}")
+
+
+def dataset_display_name(dataset: Any) -> str:
+    """'shapes' -> 'shapes'; '/tmp/gradio/3f…9a/tiny.zip' -> 'tiny.zip' (Gradio keeps an
+    upload's own file name as the last part of the path it stores it under)."""
+    text = str(dataset)
+    return text.replace("\\", "/").rstrip("/").rpartition("/")[2] or text
 
 
 @dataclass
@@ -409,6 +422,7 @@ class Session:
         self._lock = threading.RLock()
         self._ids = itertools.count(1)
         self._training: _Training | None = None
+        self.prefs: dict[str, Any] = {}   # this visitor's display choices (log-scale loss)
         self.closed = False
         with _LIVE_LOCK:
             _LIVE.add(self)
