@@ -73,7 +73,7 @@ def test_new_user_trains_and_sees_grad_cam(page):
 
     # Train one epoch on shapes.
     page.get_by_role("tab", name="Train").click()
-    page.get_by_label("Epochs").fill(EPOCHS)
+    page.get_by_label("Epochs (≤").fill(EPOCHS)
     page.get_by_label("Train size").fill(TRAIN_SIZE)
     page.locator("#cs-start").click()
     page.locator("#cs-curves .js-plotly-plot").wait_for(timeout=120_000)

@@ -118,7 +118,7 @@ def trained(ux):
     axes = page.evaluate(f"{_plot(page, '#cs-curves')}.layout.xaxis2.title.text")
     assert axes == "epoch"
     assert "ResNet-18 + CBAM" in page.locator("#cs-train-net").inner_text()
-    page.get_by_label("Epochs").fill("1")
+    page.get_by_label("Epochs (≤").fill("1")
     page.get_by_label("Train size").fill(TRAIN_SIZE)
     cdp = page.context.new_cdp_session(page)
     cdp.send("Performance.enable")
