@@ -28,6 +28,7 @@ def pick(page, label: str, option: str) -> None:
 
 
 def test_cost_lab_watch_and_ablation(page):
+    expect = pytest.importorskip("playwright.sync_api").expect
     shots: list[Path] = []
     page.get_by_text("✓ ResNet-18 + CBAM").wait_for()
 
@@ -50,7 +51,7 @@ def test_cost_lab_watch_and_ablation(page):
 
     # Watch the CBAM map over 2 epochs: two snapshots, a replay slider.
     page.get_by_role("tab", name="Train").click()
-    page.get_by_label("Epochs").fill(str(int(EPOCHS) + 1))
+    page.get_by_label("Epochs (≤").fill(str(int(EPOCHS) + 1))
     page.get_by_label("Train size").fill(TRAIN_SIZE)
     pick(page, "Watch while training (each epoch)", "Grad-CAM")
     page.locator("#cs-start").click()
@@ -64,13 +65,16 @@ def test_cost_lab_watch_and_ablation(page):
     shot(page, "watch", shots)
 
     # Ablate: three 1-epoch runs under the same settings, then Compare opens on them.
-    page.get_by_label("Epochs").fill(EPOCHS)
+    page.get_by_label("Epochs (≤").fill(EPOCHS)
     page.locator("#cs-ablate").click()
     compare = page.locator("#cs-compare-table")
     compare.get_by_text("attention cbam").filter(visible=True).first.wait_for(
         timeout=360_000 + 150 * int(EPOCHS) * int(TRAIN_SIZE))
     for variant in ("attention none", "attention se"):
         assert compare.get_by_text(variant).filter(visible=True).count() >= 1
+    # opening the tab redraws it once more: wait for that before the picture
+    expect(page.get_by_text("processing |")).to_have_count(0, timeout=120_000)
+    compare.get_by_text("attention cbam").filter(visible=True).first.wait_for()
     no_error_toasts(page)
     shot(page, "ablation", shots)
 
