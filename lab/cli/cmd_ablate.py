@@ -48,7 +48,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--width", type=float, metavar="W", help="channel width multiplier")
     p.add_argument("--device", choices=DEVICES, default=d.device)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default="runs", metavar="DIR", help="where runs are saved (default runs/)")
+    p.add_argument("--out", metavar="DIR",
+                   help="where runs are saved (default $CONVSCOPE_RUNS_DIR, else runs/)")
     p.add_argument("--no-score", action="store_true", help="skip the energy-in-mask score")
     p.add_argument("--json", action="store_true", help="one JSON object: rows and summary")
     p.set_defaults(func=run)
@@ -154,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, handler) \
         if threading.current_thread() is threading.main_thread() else None
     try:
-        rows = run_ablation(specs, settings, ds, out=args.out, seeds=args.seeds,
+        from lab.runs import default_root
+        rows = run_ablation(specs, settings, ds, out=args.out or default_root(), seeds=args.seeds,
                             score=None if args.no_score else energy_score, on_event=on_event,
                             should_stop=stop.is_set)
     finally:
