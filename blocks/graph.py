@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -27,16 +28,42 @@ MERGES = {operator.add: "add", operator.mul: "mul", operator.sub: "sub", operato
 MERGE_METHODS = {"add": "add", "mul": "mul", "sub": "sub", "div": "div"}
 
 
+# torch.fx patches nn.Module.__call__ and __getattr__ on the class, for every thread, while it
+# traces. Two traces at once would undo each other's patches out of order, so they take turns.
+_TRACING = threading.Lock()
+
+
 class _LeafTracer(fx.Tracer):
     """Every module without children is a leaf (GlobalAvgPool, AddCoords, DropBlock2d…).
     No auto-wrapping of math functions: scanning each forward's globals for them cost more
-    than the rest of the trace."""
+    than the rest of the trace.
+
+    While it traces, every other thread's modules also pass through fx's patched
+    `__call__`/`__getattr__` (a visitor's training beside another's Build-tab edit): for
+    them the tracer steps aside and the module runs as usual."""
 
     def __init__(self):
         super().__init__(autowrap_modules=(), autowrap_functions=())
+        self._thread = threading.get_ident()
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return next(m.children(), None) is None
+
+    def call_module(self, m, forward, args, kwargs):
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
+def fx_trace(module: nn.Module) -> fx.Graph:
+    """`module`'s fx graph, leaves as above; safe beside other threads' forwards and traces."""
+    with _TRACING:
+        return _LeafTracer().trace(module)
 
 
 @dataclass
@@ -62,7 +89,7 @@ def trace(module: nn.Module, in_shape: Shape) -> Traced:
     if next(module.children(), None) is None:
         module = nn.Sequential(module)
     try:
-        graph = _LeafTracer().trace(module)
+        graph = fx_trace(module)
     except Exception as e:  # noqa: BLE001 - any tracing failure means "draw it as one box"
         return Traced(module, None, {}, tuple(in_shape), None, f"{type(e).__name__}: {e}"[:200])
     shapes: dict[str, tuple] = {}

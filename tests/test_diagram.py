@@ -166,3 +166,53 @@ def test_app_receptive_field_views_and_svg_download(app_env):
         assert len(_groups(svg, "cs-layer")) == 4 and _groups(svg, "cs-node")
     finally:
         s.close()
+
+
+def test_tracing_leaves_other_threads_forwards_alone():
+    """fx patches nn.Module.__call__ for every thread while it traces; a visitor's training in
+    another thread must run as usual meanwhile (it raised "module is not installed as a
+    submodule" before), and the patch must be gone afterwards."""
+    import threading
+
+    import torch
+    import torch.nn as nn
+
+    from blocks.graph import fx_trace
+
+    started, done = threading.Event(), threading.Event()
+
+    class Handshake(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            started.set()           # fx's patches are in place now
+            done.wait(30)
+            return self.conv(x)
+
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = other(x)
+    result = {}
+
+    def foreign():
+        started.wait(30)
+        try:
+            with torch.no_grad():
+                result["out"] = other(x)
+        except Exception as e:  # noqa: BLE001 - the assertion below reports it
+            result["error"] = repr(e)
+        done.set()
+
+    t = threading.Thread(target=foreign)
+    t.start()
+    call_before = nn.Module.__call__
+    graph = fx_trace(Handshake())
+    t.join(30)
+    assert "error" not in result, result.get("error")
+    assert torch.equal(result["out"], expected)
+    assert [n.target for n in graph.nodes if n.op == "call_module"] == ["conv"]
+    assert nn.Module.__call__ is call_before
