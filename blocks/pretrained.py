@@ -15,8 +15,8 @@ structural differences are understood:
 * `replace_head=True` leaves the classifier (the last spec layer) new, for another number
   of classes (transfer learning, Yosinski et al. 2014).
 
-BatchNorm's `num_batches_tracked` is skipped on both sides (torchvision's older weight files
-do not carry it). Nothing is copied unless every tensor fits; otherwise `WeightsMismatch`
+BatchNorm's `num_batches_tracked` is left out of the pairing (torchvision's older weight
+files do not carry it) and copied beside its statistics where the file has it. Nothing is copied unless every tensor fits; otherwise `WeightsMismatch`
 names the first tensor that does not (name, expected shape, found shape).
 """
 from __future__ import annotations
@@ -85,14 +85,35 @@ def _shape(t: torch.Tensor) -> str:
     return str(tuple(t.shape))
 
 
+def _mismatch(message: str, matched: int) -> WeightsMismatch:
+    e = WeightsMismatch(message)
+    e.matched = matched         # how far the pairing got: the better of two attempts is told
+    return e
+
+
 def plan(model: nn.Module, source: Mapping[str, torch.Tensor], replace_head: bool = False,
          label: str = "the network") -> tuple[list[tuple[str, str, str]], LoadReport]:
     """Pair every source tensor with one of the model's: [(ours, theirs, "copy"|"widen")] and
-    the report, or raise WeightsMismatch. Nothing is changed."""
+    the report, or raise WeightsMismatch. Nothing is changed. A network with SE/CBAM modules
+    first takes them from the source too (weights saved from the same network, e.g. a run),
+    else leaves them new (the plain network's weights)."""
     bad = [k for k, v in source.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise WeightsMismatch(f"entry '{bad[0]}' of the weights is not a tensor")
-    new_prefixes = [n for n, m in model.named_modules() if isinstance(m, NEW_MODULES)]
+    if not any(isinstance(m, NEW_MODULES) for m in model.modules()):
+        return _plan(model, source, replace_head, label, skip_new=False)
+    try:
+        return _plan(model, source, replace_head, label, skip_new=False)
+    except WeightsMismatch as same:
+        try:
+            return _plan(model, source, replace_head, label, skip_new=True)
+        except WeightsMismatch as plain:
+            raise (same if same.matched > plain.matched else plain) from None
+
+
+def _plan(model: nn.Module, source: Mapping[str, torch.Tensor], replace_head: bool, label: str,
+          skip_new: bool) -> tuple[list[tuple[str, str, str]], LoadReport]:
+    new_prefixes = [n for n, m in model.named_modules() if isinstance(m, NEW_MODULES)] if skip_new else []
     widen_ok = set()
     for n, m in model.named_modules():
         if isinstance(m, CoordConv):
@@ -115,9 +136,9 @@ def plan(model: nn.Module, source: Mapping[str, torch.Tensor], replace_head: boo
             heads = [(k, v) for k, v in model.state_dict().items() if _under(k, [head])]
             for (k, v), (sk, sv) in zip(heads, src_head):
                 if v.dim() != sv.dim() or v.shape[1:] != sv.shape[1:]:
-                    raise WeightsMismatch(
+                    raise _mismatch(
                         f"the weights do not fit {label}: its classifier '{k}' is {_shape(v)}, the "
-                        f"file's '{sk}' is {_shape(sv)} (only the number of classes may differ)")
+                        f"file's '{sk}' is {_shape(sv)} (only the number of classes may differ)", 0)
     pairs: list[tuple[str, str, str]] = []
     j = 0
     for k, v in ours:
@@ -125,8 +146,8 @@ def plan(model: nn.Module, source: Mapping[str, torch.Tensor], replace_head: boo
             report.new.append(k)
             continue
         if j >= len(theirs):
-            raise WeightsMismatch(f"the weights do not fit {label}: the file ends after {len(theirs)} "
-                                  f"tensors, and '{k}' {_shape(v)} has none")
+            raise _mismatch(f"the weights do not fit {label}: the file ends after {len(theirs)} "
+                            f"tensors, and '{k}' {_shape(v)} has none", j)
         sk, sv = theirs[j]
         j += 1
         role, src_role = k.rsplit(".", 1)[-1], sk.rsplit(".", 1)[-1]
@@ -139,12 +160,12 @@ def plan(model: nn.Module, source: Mapping[str, torch.Tensor], replace_head: boo
             report.loaded.append(k)
             report.widened.append(k)
         else:
-            raise WeightsMismatch(f"the weights do not fit {label}: '{k}' expects {_shape(v)}, the "
-                                  f"file's tensor {j - 1} '{sk}' is {_shape(sv)}")
+            raise _mismatch(f"the weights do not fit {label}: '{k}' expects {_shape(v)}, the "
+                            f"file's tensor {j - 1} '{sk}' is {_shape(sv)}", j - 1)
     if j < len(theirs):
         sk, sv = theirs[j]
-        raise WeightsMismatch(f"the weights do not fit {label}: the file has {len(theirs) - j} more "
-                              f"tensors than it, from '{sk}' {_shape(sv)}")
+        raise _mismatch(f"the weights do not fit {label}: the file has {len(theirs) - j} more "
+                        f"tensors than it, from '{sk}' {_shape(sv)}", j)
     return pairs, report
 
 
@@ -162,4 +183,9 @@ def load_by_structure(model: nn.Module, source: Mapping[str, torch.Tensor], repl
             else:
                 dst.zero_()
                 dst[:, :src.shape[1]].copy_(src)
+            # BatchNorm's step count travels with its statistics where the file has it
+            if ours.endswith(".running_mean") and theirs.endswith(".running_mean"):
+                mine, its = (n[:-len("running_mean")] + SKIPPED[0] for n in (ours, theirs))
+                if mine in state and its in source and source[its].shape == state[mine].shape:
+                    state[mine].copy_(source[its])
     return report

@@ -60,8 +60,9 @@ def weights_and_top1(tmp_path) -> tuple[Path, str]:
     return weights, f"{meta.meta['categories'][top1]} · {top1}"
 
 
-def test_pretrained_resnet18_on_a_shipped_photo(weights_and_top1, page):
+def test_pretrained_resnet18_on_a_shipped_photo(weights_and_top1, page, monkeypatch):
     weights, expected = weights_and_top1
+    monkeypatch.setenv("CONVSCOPE_PUBLIC", "0")        # a local app: weights from a path
     page.get_by_role("tab", name="Inspect").click()
     page.get_by_text("Real photo with a pretrained network").click()
     assert page.locator("#cs-photo-preset input").input_value() == "ResNet-18 (ImageNet weights)"

@@ -129,3 +129,31 @@ def test_fine_tuning_from_shapes_beats_training_from_scratch(tmp_path):
     # reaches 0.73 here (0.50 without); the frozen backbone alone is above chance, not above it.
     assert results["fine-tuned"][-1] >= 0.75 and results["head only"][-1] >= 0.55
     assert results["fine-tuned"][-1] >= results["scratch"][-1] + 0.1
+
+
+def test_train_tab_fine_tunes_from_a_weights_file_and_public_hosts_refuse_paths(app_env, tmp_path,
+                                                                              monkeypatch):
+    import gradio as gr
+    from safetensors.torch import save_file
+
+    import app
+    spec = presets.load_preset("ResNet-18 + CBAM", (3, 32, 32), 10, 0.125)
+    args = ("shapes", None, 256, 1, 32, "adam", 3e-3, "onecycle", 0, False, "cpu")
+    first = list(app.on_train(None, spec, *args))
+    s = first[-1][0]
+    base = s.run("run-1").model.state_dict()
+    weights = tmp_path / "base.safetensors"
+    save_file({k: v.contiguous() for k, v in base.items()}, str(weights))
+    monkeypatch.setenv("CONVSCOPE_PUBLIC", "0")
+    outs = list(app.on_train(s, spec, *args, "none", 0, False, str(weights), "backbone"))
+    assert "completed" in outs[-1][3]
+    rec = s.run(outs[-1][4]["value"])
+    assert rec.start["start_weights"]["source"] == str(weights)
+    assert rec.start["start_weights"]["freeze"] == "backbone"
+    tuned = rec.model.state_dict()
+    moved = sorted(k for k in base if not torch.equal(base[k], tuned[k]))
+    # the same network's weights bring its CBAM modules too: only the new classifier trains
+    assert rec.start["start_weights"]["new"] == 2 and moved == ["layers.6.bias", "layers.6.weight"]
+    monkeypatch.setenv("CONVSCOPE_PUBLIC", "1")
+    with pytest.raises(gr.Error, match="only come from 'imagenet'"):
+        list(app.on_train(s, spec, *args, "none", 0, False, str(weights), "none"))

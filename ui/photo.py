@@ -40,8 +40,10 @@ def class_choices() -> list[tuple[str, int]]:
 
 
 def local_paths_allowed() -> bool:
-    """Reading a path on the server is for a local app, not a public Space."""
-    return not os.environ.get("SPACE_ID") and os.environ.get("CONVSCOPE_LOCAL_WEIGHTS", "1") != "0"
+    """Reading a path on the server is for a local app, not a public host (a Space or
+    CONVSCOPE_PUBLIC=1, lab/serve/session.py's public mode)."""
+    from lab.serve.session import public_mode
+    return not public_mode() and os.environ.get("CONVSCOPE_LOCAL_WEIGHTS", "1") != "0"
 
 
 def _payload_path(value: Any) -> str | None:

@@ -150,15 +150,31 @@ def device_choices() -> list[tuple[str, str]]:
     return [(f"auto — {first.split(' — ')[-1]}", "auto")] + out
 
 
+def start_weights(weights: Any) -> str | None:
+    """The fine-tuning source typed in the Train tab: None (from scratch), "imagenet", or a
+    file path — paths only where the app runs locally (ui/photo.py's rule)."""
+    from ui.photo import local_paths_allowed
+    text = str(weights or "").strip()
+    if not text or text.lower() == "none":
+        return None
+    if text.lower() == "imagenet":
+        return "imagenet"
+    if not local_paths_allowed():
+        raise gr.Error("Here weights can only come from 'imagenet' (files on the server are off).")
+    return str(os.path.expanduser(text))
+
+
 def _settings(dataset: str, upload: Any, s: Session, epochs: Any, batch: Any, optimizer: str,
-              lr: Any, schedule: str, seed: Any, augment: bool, device: str):
+              lr: Any, schedule: str, seed: Any, augment: bool, device: str,
+              weights: Any = None, freeze: Any = "none"):
     from lab.train.trainer import TrainSettings
     name = _upload_path(upload, s) if dataset == UPLOAD else dataset
     return TrainSettings(dataset=name, data_root=os.environ.get("CONVSCOPE_DATA_ROOT", "data"),
                          epochs=to_int(epochs, "epochs"), batch_size=to_int(batch, "batch size"),
                          optimizer=optimizer, lr=float(lr), schedule=schedule,
                          seed=to_int(seed, "seed"), augment=bool(augment), device=device or "auto",
-                         report_interval=0.25)
+                         report_interval=0.25, weights=start_weights(weights),
+                         freeze=freeze or "none")
 
 
 
@@ -196,16 +212,18 @@ def on_log_loss(session_state: Any, log_loss: bool):
 def on_train(session_state: Any, spec_state: Any, dataset: str, upload: Any, train_size: Any,
              epochs: Any, batch: Any, optimizer: str, lr: Any, schedule: str, seed: Any,
              augment: bool, device: str, watch_view: Any = "none", watch_index: Any = 0,
-             log_loss: bool = False, request: gr.Request = None):
+             log_loss: bool = False, weights: Any = None, freeze: Any = "none",
+             request: gr.Request = None):
     """Start a run and stream its progress; yields (session, progress, curves, status,
     inspect run, compare runs, export run, watch view, start button, stop button). With a
     watch view, a snapshot of it for test image `watch_index` is taken at every epoch end
     and drawn beside the curves (its slider replays the epochs). `log_loss`: the loss on a
-    log axis (the box can change it during the run)."""
+    log axis (the box can change it during the run). `weights` / `freeze`: fine-tune from
+    "imagenet" or a weights file with a new classifier (lab/pretrained.py)."""
     s = get_session(session_state, request)
     s.prefs["log_loss"] = bool(log_loss)
     settings = _settings(dataset, upload, s, epochs, batch, optimizer, lr, schedule, seed,
-                         augment, device)
+                         augment, device, weights, freeze)
     size = to_int(train_size, "train size") if train_size not in (None, "", 0) else None
     spec = spec_of(spec_state)
     watch = watch_request(spec, watch_view, watch_index)
@@ -428,6 +446,18 @@ def layout(ui: SimpleNamespace, limits: Limits) -> None:
                                                 label="Watch while training (each epoch)")
                     ui.watch_index = gr.Number(0, label="test image #", precision=0, minimum=0)
                 ui.train_net = gr.Markdown(network_note(None), elem_id="cs-train-net")
+                with gr.Accordion("Fine-tune: start from pretrained weights", open=False):
+                    ui.ft_weights = gr.Textbox(
+                        "", label="Weights: empty (from scratch), 'imagenet', or a .pth / "
+                        ".safetensors file such as a run's weights.safetensors", elem_id="cs-ft-weights")
+                    ui.ft_freeze = gr.Radio([("train everything", "none"),
+                                             ("freeze the backbone (train the new head and SE/CBAM)",
+                                              "backbone")], value="none", label="Freeze")
+                    gr.Markdown("The classifier is new for the data set's classes; the rest is "
+                                "mapped onto the network by structure. ImageNet weights fit presets "
+                                "at width 1 with an input of at least 64×64 (`python -m lab train "
+                                "--weights imagenet --input 3x128x128`); the weights of a run of the "
+                                "same network fit at its size.")
                 with gr.Row():
                     ui.start_btn = gr.Button("Start", variant="primary", elem_id="cs-start")
                     ui.stop_btn = gr.Button("Stop", variant="stop", interactive=False,
@@ -472,7 +502,8 @@ def wire(ui: SimpleNamespace, limits: Limits) -> None:
         + ui.run_pickers + [ui.watch_plot] + buttons
     train_event = ui.start_btn.click(
         keeps_outputs(on_train, len(train_outputs), 3),
-        settings_inputs + [ui.watch_view, ui.watch_index, ui.train_log], train_outputs,
+        settings_inputs + [ui.watch_view, ui.watch_index, ui.train_log, ui.ft_weights, ui.ft_freeze],
+        train_outputs,
         api_name="train", concurrency_limit=limits.max_concurrent_trainings,
         concurrency_id="train", show_progress="hidden")
     continue_event = ui.continue_btn.click(
