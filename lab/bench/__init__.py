@@ -1,12 +1,14 @@
 """Speed measured as ratios (`python -m lab bench`).
 
 A case is a named function `fn(options) -> dict`; `register_case` adds one (the
-inspection timings and the torchrun case, one process against N, plug in here). The training cases train one model on one batch
-stream twice — through `Trainer` with its reporting on, and through a bare PyTorch loop
-(zero_grad, forward, loss, backward, step over pre-made, pre-normalised batches already on
-the device) — in alternating rounds (A B, B A, A B …) so drift in a shared machine's speed
-falls on both sides, and reports both images per second and their ratio (medians over
-rounds, so a burst of other work on a shared machine does not decide the figure).
+inspection timings and the torchrun case, one process against N, plug in here). The
+training cases run one model on one batch stream through `Trainer` (reports on, as in use)
+and through a bare PyTorch loop (zero_grad, forward, loss, backward, step over pre-made,
+pre-normalised batches already on the device), finely interleaved — while the Trainer waits
+at each report, the bare loop runs as many steps — so that drift in a shared machine's
+speed falls on both sides; they report both images per second and their ratio (medians
+over many chunk pairs, with the middle half of the ratios, so a burst of other work does
+not decide the figure).
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ class BenchOptions:
 
 
 Case = Callable[[BenchOptions], dict]
-# Rounds whose ratios differ by more than this factor mean the machine was busy with other work.
+# Rounds (for training cases: the middle half of the pairs) whose ratios differ by more than
+# this factor mean the machine was busy with other work.
 NOISY_SPREAD = 1.15
 _CASES: dict[str, Case] = {}
 
@@ -93,113 +96,125 @@ def _tiled(ds, n_train: int, n_test: int):
                                train_masks=None, test_masks=None)
 
 
-def _bare_round(spec: dict, ds, settings: TrainSettings, device: torch.device,
-                warmup: int, steps: int) -> tuple[int, float]:
-    """(images, seconds) of `steps` plain training steps after `warmup` untimed ones."""
-    torch.manual_seed(settings.seed)
-    model = blocks.build(spec, device=device)
-    precision = Precision.for_device(device)
-    autocast = precision.autocast(device)
-    fmt = torch.channels_last if precision.channels_last else torch.contiguous_format
-    model.to(memory_format=fmt).train()
-    optimizer = make_optimizer(model, settings)
-    scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
-    criterion = nn.CrossEntropyLoss()
-    b = settings.batch_size
-    n_batches = min(warmup + steps, 32)
-    batches = []
-    for i in range(n_batches):
-        x = ds.normalize(ds.train_x[i * b:(i + 1) * b].to(device)).contiguous(memory_format=fmt)
-        batches.append((x, ds.train_y[i * b:(i + 1) * b].to(device)))
+class _BareLoop:
+    """The bare PyTorch loop: zero_grad, forward, loss, backward, step over pre-made,
+    pre-normalised batches already on the device (at most 32, cycled)."""
 
-    def step(x, y):
-        optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            loss = criterion(model(x), y)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+    def __init__(self, spec: dict, ds, settings: TrainSettings, device: torch.device):
+        torch.manual_seed(settings.seed)
+        self.device = device
+        self.model = blocks.build(spec, device=device)
+        precision = Precision.for_device(device)
+        self.autocast = precision.autocast(device)
+        fmt = torch.channels_last if precision.channels_last else torch.contiguous_format
+        self.model.to(memory_format=fmt).train()
+        self.optimizer = make_optimizer(self.model, settings)
+        self.scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
+        self.criterion = nn.CrossEntropyLoss()
+        self.b = b = settings.batch_size
+        n = max(1, min(32, len(ds.train_y) // b))
+        self.batches = [(ds.normalize(ds.train_x[i * b:(i + 1) * b].to(device)).contiguous(memory_format=fmt),
+                         ds.train_y[i * b:(i + 1) * b].to(device)) for i in range(n)]
+        self.i = 0
 
-    for i in range(warmup):
-        step(*batches[i % n_batches])
-    synchronize(device)
-    t0 = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        step(*batches[i % n_batches])
-    synchronize(device)
-    return steps * b, time.perf_counter() - t0
-
-
-def _trainer_round(spec: dict, ds, settings: TrainSettings, warmup: int) -> tuple[int, float]:
-    """(images, seconds) of the Trainer's steps after `warmup`, timed by its step events
-    (each is emitted right after a step and its metric read-back). When the steps are so
-    slow that no report falls after the warm-up but before the last step, the round is
-    timed from the "start" event instead (warm-up included: slightly pessimistic)."""
-    trainer = Trainer(spec, settings, ds)
-    marks: list[tuple[int, float]] = []
-    for event in trainer.run():
-        if event["type"] == "start":
-            start = (0, time.perf_counter())
-        elif event["type"] == "step":
-            marks.append((event["step"], time.perf_counter()))
-        elif event["type"] == "end" and event["status"] != "completed":
-            raise RuntimeError(f"the bench run ended '{event['status']}': {event['message']}")
-    timed = [m for m in marks if m[0] >= warmup]
-    if len(timed) < 2:
-        timed = [start, marks[-1]]
-    (s0, t0), (s1, t1) = timed[0], timed[-1]
-    return (s1 - s0) * settings.batch_size, t1 - t0
+    def steps(self, n: int) -> float:
+        """Seconds of `n` steps (synchronised at both ends)."""
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            x, y = self.batches[self.i % len(self.batches)]
+            self.i += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = self.criterion(self.model(x), y)
+            if self.scaler is None:
+                loss.backward()
+                self.optimizer.step()
+            else:
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+        synchronize(self.device)
+        return time.perf_counter() - t0
 
 
 def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int | None = None,
                      warmup: int = 3) -> dict:
-    """Trainer vs bare loop on the same model, data and device; alternating rounds.
-    The figures are medians over rounds (a shared machine has bursts of other work)."""
+    """Trainer vs bare loop on the same model, data and device, finely interleaved.
+
+    The Trainer runs as in use, with reports `report_interval` (0.25 s) apart, or
+    `options.round_seconds` when set; while it waits at
+    each step event (its generator is suspended), the bare loop runs as many steps as the
+    Trainer did since its previous report. So the timeline is bare, Trainer, bare, Trainer,
+    … in chunks of that length (so close in time that a shared machine's bursts of other
+    work mostly fall on both sides of a pair), and each Trainer chunk is compared with the mean rate of the
+    bare chunks either side of it: drift in a shared machine's speed falls on both sides.
+    Chunks that span the end of an epoch (evaluation, PreciseBN) and the first one (one-off
+    costs) are not counted. `options.rounds` chunk pairs are measured (default 60, 20 when
+    quick); the figures are medians over them."""
     batch_size = batch_size or TrainSettings.batch_size
     device = choose_device(options.device)
     spec = prepare_spec(spec, ds.input_shape, len(ds.classes))
-    probe = TrainSettings(device=str(device), batch_size=batch_size, epochs=1, lr=1e-3)
-    # Calibrate: how many steps make a round of about `options.seconds`? The first call pays
-    # one-off costs (kernel selection, allocator growth), so it is not measured.
-    calib = _tiled(ds, 64 * batch_size, 0)
-    _bare_round(spec, calib, probe, device, 1, 1)
+    pairs = options.rounds if options.rounds is not None else (20 if options.quick else 60)
+    seconds = options.round_seconds or TrainSettings.report_interval
+    base = TrainSettings(device=str(device), batch_size=batch_size, epochs=1, lr=1e-3,
+                         report_interval=seconds)
+    bare = _BareLoop(spec, _tiled(ds, 32 * batch_size, 0), base, device)
+    bare.steps(max(1, warmup))
+    # Calibrate the Trainer's data: epochs of at most 1,024 steps, enough of them for the pairs.
     n = 2
     while True:
-        _, secs = _bare_round(spec, calib, probe, device, warmup, n)
+        secs = bare.steps(n)
         if secs >= 0.25 or n >= 64:
             break
         n *= 4
-    per_step = secs / n
-    # A round spans several report intervals, so the Trainer's step events can time it.
-    seconds = max(options.seconds, 4 * TrainSettings.report_interval)
-    steps = int(min(5000, max(options.min_steps, math.ceil(seconds / max(per_step, 1e-6)))))
-    data = _tiled(ds, (warmup + steps) * batch_size, batch_size)
-    settings = dataclasses.replace(probe, report_interval=TrainSettings.report_interval)
-    # One untimed pass through the Trainer too: its first run in a process pays one-off
-    # costs of its own (e.g. the evaluation's batch shape), which would bias round one.
-    _trainer_round(spec, _tiled(ds, (warmup + 2) * batch_size, batch_size), settings, warmup)
+    per_step = max(secs / n, 1e-6)
+    chunk = max(1, math.ceil(seconds / per_step))
+    total = warmup + (pairs + 3) * chunk * 2
+    epoch_steps = min(total, 1024)
+    data = _tiled(ds, epoch_steps * batch_size, batch_size)
+    settings = dataclasses.replace(base, epochs=min(10_000, math.ceil(total / epoch_steps)))
+    records: list[dict] = []        # per Trainer chunk: steps, seconds, bare chunk before
+    bare_rates: list[float] = []
+    for _ in range(4):              # a Trainer that ends before enough pairs is followed by another
+        run = Trainer(spec, settings, data).run()
+        prev = None                 # (step, time) at the last step event, if nothing came between
+        try:
+            for event in run:
+                now = time.perf_counter()
+                if event["type"] == "end" and event["status"] not in ("completed", "stopped"):
+                    raise RuntimeError(f"the bench run ended '{event['status']}': {event['message']}")
+                if event["type"] != "step":
+                    prev = None
+                    continue
+                if prev is not None and prev[0] >= warmup and bare_rates:
+                    records.append({"steps": event["step"] - prev[0], "seconds": now - prev[1],
+                                    "before": len(bare_rates) - 1})
+                steps = records[-1]["steps"] if records else chunk
+                bare_rates.append(steps * batch_size / bare.steps(steps))
+                if len(records) >= pairs:
+                    break
+                prev = (event["step"], time.perf_counter())
+        finally:
+            run.close()
+        if len(records) >= pairs:
+            break
     rounds = []
-    for r in range(options.n_rounds):
-        order = ("trainer", "bare") if r % 2 == 0 else ("bare", "trainer")
-        result = {}
-        for which in order:
-            if which == "trainer":
-                result[which] = _trainer_round(spec, data, settings, warmup)
-            else:
-                result[which] = _bare_round(spec, data, settings, device, warmup, steps)
-        rounds.append({k: round(v[0] / v[1], 1) for k, v in result.items()})
+    for r in records:
+        trainer = r["steps"] * batch_size / r["seconds"]
+        around = statistics.mean(bare_rates[r["before"]:r["before"] + 2])
+        rounds.append({"trainer": round(trainer, 1), "bare": round(around, 1)})
         rounds[-1]["ratio"] = round(rounds[-1]["trainer"] / rounds[-1]["bare"], 3)
     ratios = [r["ratio"] for r in rounds]
+    lo, hi = statistics.quantiles(ratios, n=4)[::2] if len(ratios) >= 2 else (ratios[0], ratios[0])
     return {"kind": "training", "device": device_name(device), "threads": torch.get_num_threads(),
-            "noisy": max(ratios) > NOISY_SPREAD * min(ratios),
-            "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
+            "noisy": hi > NOISY_SPREAD * lo,
+            "batch_size": batch_size, "steps_per_round": statistics.median(r["steps"] for r in records),
+            "rounds": rounds,
             "trainer_images_per_sec": statistics.median(r["trainer"] for r in rounds),
             "bare_images_per_sec": statistics.median(r["bare"] for r in rounds),
-            "ratio": statistics.median(r["ratio"] for r in rounds)}
+            "ratio": statistics.median(ratios),
+            "ratio_iqr": [round(lo, 3), round(hi, 3)]}    # the middle half of the pairs' ratios
 
 
 def _preset_case(preset: str, dataset: str, width: float | None, train_size: int | None) -> Case:
@@ -221,12 +236,13 @@ register_case("train ResNet-18 + CBAM (width 0.25) on shapes",
 def format_result(result: dict) -> str:
     """One case as a line or two of text."""
     if result.get("kind") == "training":
-        spread = ", ".join(f"{r['ratio']:.3f}" for r in result["rounds"])
+        lo, hi = result.get("ratio_iqr") or (result["ratio"], result["ratio"])
+        spread = f"{len(result['rounds'])} interleaved pairs; middle half {lo:.3f}–{hi:.3f}"
         return (f"{result['name']} [{result['device']}, {result['threads']} thread(s), "
                 f"batch {result['batch_size']}]\n"
                 f"  Trainer {result['trainer_images_per_sec']:,.0f} img/s | bare loop "
                 f"{result['bare_images_per_sec']:,.0f} img/s | ratio {result['ratio']:.3f} "
-                f"(medians; rounds: {spread})"
+                f"(medians; {spread})"
                 + ("\n  rounds disagree: other work is competing for the CPU; rerun, or try "
                    "--threads 1" if result.get("noisy") else ""))
     fields = ", ".join(f"{k} {v}" for k, v in result.items() if k != "name" and not isinstance(v, (list, dict)))

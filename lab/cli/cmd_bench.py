@@ -21,7 +21,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--list", action="store_true", help="list the cases and exit")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--data-root", default="data", metavar="DIR")
-    p.add_argument("--rounds", type=int, metavar="N", help="timed rounds per side (default 5, quick 3)")
+    p.add_argument("--rounds", type=int, metavar="N", help="timed rounds per side (default 5, quick 3; training cases: "
+                        "interleaved chunk pairs, default 60, quick 20)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads for torch (default: torch's choice); 1 steadies the figures "
                         "on a machine shared with other work")
