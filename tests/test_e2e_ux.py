@@ -91,6 +91,7 @@ def test_expected_errors_leave_the_build_tab_as_it_was(ux):
     page.keyboard.insert_text('{"layers": [')
     page.get_by_role("button", name="Apply JSON").click()
     status.get_by_text("not valid JSON").wait_for()
+    page.locator("#cs-json-note").get_by_text("not valid JSON").wait_for()     # beside the editor
     page.locator(".toast-body").get_by_text("not valid JSON").first.wait_for()
     assert page.locator(ERROR_BADGES).count() == 0
     assert page.locator("#cs-json .cm-content").inner_text().strip() == '{"layers": ['
@@ -99,6 +100,7 @@ def test_expected_errors_leave_the_build_tab_as_it_was(ux):
     page.get_by_label("kernel", exact=True).fill("100")
     page.get_by_role("button", name="Apply parameters").click()
     status.get_by_text("kernel").wait_for()
+    page.locator("#cs-form-note").get_by_text("kernel").wait_for()             # beside the form
     assert "⚠" in status.inner_text()
     assert page.locator(ERROR_BADGES).count() == 0
     assert page.get_by_label("kernel", exact=True).input_value() == "100"
@@ -106,6 +108,7 @@ def test_expected_errors_leave_the_build_tab_as_it_was(ux):
     # and a good action afterwards works as before
     page.get_by_role("button", name="Load preset").click()
     status.get_by_text("✓ ResNet-18 + CBAM").wait_for()
+    page.wait_for_function("!document.querySelector('#cs-form-note').innerText.trim()")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ without a browser.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -257,6 +258,7 @@ def layout(ui: SimpleNamespace) -> None:
                                          gr.Dropdown(visible=False, min_width=140),
                                          gr.Textbox(visible=False, min_width=140)]
                 ui.apply_btn = gr.Button("Apply parameters", variant="primary")
+                ui.form_note = gr.Markdown(elem_id="cs-form-note")
             with gr.Column(scale=2):
                 ui.block_dd = gr.Dropdown(edit.palette_choices(), value="cbam",
                                           label="Palette (block registry)")
@@ -268,6 +270,7 @@ def layout(ui: SimpleNamespace) -> None:
                                        lines=12, max_lines=30, interactive=True, wrap_lines=True,
                                        elem_id="cs-json")
                 ui.apply_json_btn = gr.Button("Apply JSON")
+                ui.json_note = gr.Markdown(elem_id="cs-json-note")
                 with gr.Row():
                     ui.save_btn = gr.Button("Save spec (.json)")
                     ui.upload_btn = gr.UploadButton("Load spec file", file_types=[".json"],
@@ -285,35 +288,40 @@ def wire(ui: SimpleNamespace) -> None:
     every output as it was and shows its message in the status line and a popup."""
     views = ui.build_views
 
-    def kept(fn: Callable, outputs: list) -> Callable:
-        return keeps_outputs(fn, len(outputs), outputs.index(ui.status_md))
+    notes = [ui.json_note, ui.form_note]
 
-    ui.load_btn.click(kept(on_load_preset, views), [ui.preset_dd, ui.width_num, ui.spec_state],
-                      views, api_name="load_preset")
+    def kept(fn: Callable, outputs: list, note: Any = None) -> tuple[Callable, list]:
+        """The handler with both notes beside the fields cleared on success; an expected
+        error keeps every output and goes to the status line (and to `note`)."""
+        @functools.wraps(fn)
+        def cleared(*args, **kwargs):
+            return list(fn(*args, **kwargs)) + ["", ""]
+        outs = outputs + notes
+        where = (outs.index(ui.status_md),) + ((outs.index(note),) if note is not None else ())
+        return keeps_outputs(cleared, len(outs), where), outs
+
+    def click(btn: Any, fn: Callable, inputs: list, note: Any = None, api_name: str = "") -> None:
+        handler, outs = kept(fn, views, note)
+        btn.click(handler, inputs, outs, api_name=api_name)
+
+    click(ui.load_btn, on_load_preset, [ui.preset_dd, ui.width_num, ui.spec_state],
+          api_name="load_preset")
     ui.layer_dd.input(on_select_layer, [ui.spec_state, ui.layer_dd], ui.form,
                       api_visibility="private")
     ui.block_dd.change(on_palette_pick, ui.block_dd, ui.block_md, api_visibility="private")
-    ui.add_btn.click(kept(on_add_layer, views), [ui.spec_state, ui.block_dd, ui.layer_dd], views,
-                     api_name="add_layer")
-    ui.del_btn.click(kept(on_remove_layer, views), [ui.spec_state, ui.layer_dd], views,
-                     api_name="remove_layer")
-    ui.dup_btn.click(kept(on_duplicate_layer, views), [ui.spec_state, ui.layer_dd], views,
-                     api_name="duplicate_layer")
-    ui.up_btn.click(kept(_mover(-1), views), [ui.spec_state, ui.layer_dd], views,
-                    api_name="move_up")
-    ui.down_btn.click(kept(_mover(+1), views), [ui.spec_state, ui.layer_dd], views,
-                      api_name="move_down")
-    ui.apply_btn.click(kept(on_apply_params, views),
-                       [ui.spec_state, ui.layer_dd, ui.repeat_num] + ui.slots,
-                       views, api_name="apply_params")
-    ui.apply_json_btn.click(kept(on_apply_json, views),
-                            [ui.json_code, ui.spec_state, ui.layer_dd], views,
-                            api_name="apply_json")
+    click(ui.add_btn, on_add_layer, [ui.spec_state, ui.block_dd, ui.layer_dd], api_name="add_layer")
+    click(ui.del_btn, on_remove_layer, [ui.spec_state, ui.layer_dd], api_name="remove_layer")
+    click(ui.dup_btn, on_duplicate_layer, [ui.spec_state, ui.layer_dd], api_name="duplicate_layer")
+    click(ui.up_btn, _mover(-1), [ui.spec_state, ui.layer_dd], api_name="move_up")
+    click(ui.down_btn, _mover(+1), [ui.spec_state, ui.layer_dd], api_name="move_down")
+    click(ui.apply_btn, on_apply_params, [ui.spec_state, ui.layer_dd, ui.repeat_num] + ui.slots,
+          note=ui.form_note, api_name="apply_params")
+    click(ui.apply_json_btn, on_apply_json, [ui.json_code, ui.spec_state, ui.layer_dd],
+          note=ui.json_note, api_name="apply_json")
     ui.save_btn.click(on_save_spec, [ui.spec_state, ui.session_state],
                       [ui.session_state, ui.spec_file], api_name="save_spec")
-    upload_outputs = [ui.session_state] + views
-    ui.upload_btn.upload(kept(on_upload_spec, upload_outputs),
-                         [ui.upload_btn, ui.spec_state, ui.session_state],
+    upload, upload_outputs = kept(on_upload_spec, [ui.session_state] + views, ui.json_note)
+    ui.upload_btn.upload(upload, [ui.upload_btn, ui.spec_state, ui.session_state],
                          upload_outputs, api_name="upload_spec")
     diagram.wire(ui)
     cost.wire(ui)

@@ -112,18 +112,18 @@ def user_errors(fn: Callable) -> Callable:
     return call
 
 
-def keeps_outputs(fn: Callable, n: int, status: int | None = None) -> Callable:
+def keeps_outputs(fn: Callable, n: int, status: int | tuple[int, ...] | None = None) -> Callable:
     """`fn` as an event handler whose expected errors leave all its `n` outputs as they were:
-    the message goes to a popup (gr.Warning) and, as "⚠ message", to output `status` (a
-    status line), instead of Gradio's red "Error" badge over every output — which hid the
+    the message goes to a popup (gr.Warning) and, as "⚠ message", to output(s) `status` (a
+    status line, a note beside the field), instead of Gradio's red "Error" badge over every output — which hid the
     very JSON or value the user has to fix. Bugs (BugError) still fail the event. The
     handler itself keeps raising gr.Error, for tests and scripts that call it directly."""
     def kept(e: gr.Error) -> list:
         message = one_line(Exception(e.message))
         gr.Warning(message)
         out = [gr.skip()] * n
-        if status is not None:
-            out[status] = f"⚠ {md_text(message)}"
+        for i in (status,) if isinstance(status, int) else (status or ()):
+            out[i] = f"⚠ {md_text(message)}"
         return out if n > 1 else out[0]
 
     if inspect.isgeneratorfunction(fn):

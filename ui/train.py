@@ -506,16 +506,19 @@ def wire(ui: SimpleNamespace, limits: Limits) -> None:
         train_outputs,
         api_name="train", concurrency_limit=limits.max_concurrent_trainings,
         concurrency_id="train", show_progress="hidden")
+    continue_outputs = [ui.session_state, ui.progress, ui.curves_plot, ui.train_status] \
+        + ui.run_pickers + buttons
     continue_event = ui.continue_btn.click(
-        on_continue, [ui.session_state, ui.continue_run, ui.continue_epochs],
-        [ui.session_state, ui.progress, ui.curves_plot, ui.train_status] + ui.run_pickers + buttons,
+        keeps_outputs(on_continue, len(continue_outputs), 3),
+        [ui.session_state, ui.continue_run, ui.continue_epochs], continue_outputs,
         api_name="continue_training", concurrency_limit=limits.max_concurrent_trainings,
         concurrency_id="train", show_progress="hidden")
     # the variants queue with every other training (same concurrency id and limit)
+    ablate_outputs = [ui.session_state, ui.progress, ui.curves_plot, ui.train_status] \
+        + ui.run_pickers + [ui.tabs, ui.compare_plot, ui.compare_table] + buttons + [ui.ablate_btn]
     ablate_event = ui.ablate_btn.click(
-        on_ablate, settings_inputs + [ui.ablate_what],
-        [ui.session_state, ui.progress, ui.curves_plot, ui.train_status] + ui.run_pickers
-        + [ui.tabs, ui.compare_plot, ui.compare_table] + buttons + [ui.ablate_btn],
+        keeps_outputs(on_ablate, len(ablate_outputs), 3), settings_inputs + [ui.ablate_what],
+        ablate_outputs,
         api_name="ablate", concurrency_limit=limits.max_concurrent_trainings,
         concurrency_id="train", show_progress="hidden")
     ui.stop_btn.click(on_stop, [ui.session_state],
