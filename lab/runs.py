@@ -19,11 +19,13 @@ safetensors is refused, never unpickled.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import secrets
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -428,9 +430,43 @@ def _weights_problem(path: Path, spec: dict) -> str:
     return ""
 
 
+# run_info results by folder, valid while its files' sizes and times stay the same: a listing
+# of a large folder re-reads only what changed (the app lists on every tab switch).
+_INFO_CACHE: dict[str, tuple[tuple, RunInfo]] = {}
+_INFO_LOCK = threading.Lock()
+
+
+def _stamp(path: Path) -> tuple:
+    out = []
+    for name in FILES:
+        try:
+            st = (path / name).stat()
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def run_info(path: str | Path) -> RunInfo:
     """What a listing shows of one run folder; a damaged one comes back with the reason."""
     path = Path(path)
+    stamp = _stamp(path)
+    with _INFO_LOCK:
+        hit = _INFO_CACHE.get(str(path))
+    if hit is not None and hit[0] == stamp:
+        info = hit[1]
+    else:
+        info = _read_info(path)
+        with _INFO_LOCK:
+            if len(_INFO_CACHE) > 4096:
+                _INFO_CACHE.clear()
+            _INFO_CACHE[str(path)] = (stamp, info)
+    if not info.damaged and info.status in ("running", "interrupted"):
+        info = dataclasses.replace(info, status="running" if locked(path) else "interrupted")
+    return info
+
+
+def _read_info(path: Path) -> RunInfo:
     try:
         spec = _read_json(path / "spec.json")
         settings = _read_json(path / "settings.json")
