@@ -39,7 +39,8 @@ class Watcher:
         kind = event.get("type")
         if kind == "epoch":
             return self._snap(trainer.model, float(event["epoch"]), event)
-        if kind == "step" and self.during_epoch and time.perf_counter() - self._last >= self._wait:
+        if kind == "step" and self.during_epoch and time.perf_counter() - self._last >= self._wait \
+                and float(event["epoch"]) != int(event["epoch"]):   # an epoch's last step: its end follows
             return self._snap(trainer.model, float(event["epoch"]), event)
         return None
 

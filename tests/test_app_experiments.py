@@ -31,10 +31,11 @@ def test_watch_snapshots_stream_beside_the_curves(app_env, one_thread):
     outs = list(on_train(None, TINY, *ARGS, "cbam", 3))
     s = outs[0][0]
     watched = [o[7] for o in outs if isinstance(o[7], go.Figure)]
-    assert watched and len(watched[-1].frames) == 2          # one snapshot per epoch, replayable
+    assert watched and len(watched[-1].frames) >= 2          # a snapshot per epoch, replayable
     assert watched[-1].data[0].type == "image"               # the watched image beside the map
     rec = s.run(None)
-    assert [e["epoch"] for e in rec.events if e["type"] == "watch"] == [1.0, 2.0]
+    # epoch ends (a long epoch also gets snapshots inside it, at most every 5 s)
+    assert [e["epoch"] for e in rec.events if e["type"] == "watch" and e["step"] is None] == [1.0, 2.0]
     assert outs[-1][-2]["interactive"] is True
     with pytest.raises(gr.Error, match="no SE excitation"):
         list(on_train(s, TINY, *ARGS, "se", 0))

@@ -68,6 +68,7 @@ def test_watcher_snapshots_each_epoch_on_a_copy_and_paces_itself(model):
     assert seen[0] is not model and not seen[0].training
     w2 = Watcher(compute, min_interval=0.0, max_share=0.05, during_epoch=True)
     assert w2.on_event({"type": "step", "epoch": 0.1, "step": 1}, t) is not None
+    assert w2.on_event({"type": "step", "epoch": 1.0, "step": 10}, t) is None   # its end follows
     w2._wait = 1e6                                     # as if a snapshot took 50,000 s
     assert w2.on_event({"type": "step", "epoch": 0.2, "step": 2}, t) is None
     assert w2.on_event({"type": "epoch", "epoch": 1}, t) is not None             # always at epoch end
@@ -112,3 +113,21 @@ def test_watch_mistakes_are_one_line(tmp_path, capsys):
                  "--train-size", "32", "--test-size", "8", "--watch", "gradcam",
                  "--watch-index", "8", "--out", str(tmp_path)]) == 2
     assert "--watch-index must be from 0 to 7" in capsys.readouterr().err
+
+
+def test_watch_every_adds_paced_snapshots_inside_epochs(tmp_path, capsys, one_thread):
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY))
+    assert main(["train", "--spec", str(spec), "--dataset", "shapes", "--epochs", "1",
+                 "--train-size", "96", "--test-size", "8", "--batch-size", "32",
+                 "--report-interval", "0", "--watch", "gradcam", "--watch-every", "0.001",
+                 "--out", str(tmp_path / "runs"), "--json"]) == 0
+    end = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    snaps = watch_events(load_run(end["run_dir"]).metrics)
+    inside = [s for s in snaps if s["step"] is not None]
+    assert inside and all(0 < s["epoch"] < 1 for s in inside)
+    assert [s["epoch"] for s in snaps if s["step"] is None] == [1.0]
+    assert main(["train", "--spec", str(spec), "--dataset", "shapes", "--epochs", "1",
+                 "--train-size", "32", "--test-size", "8", "--watch", "gradcam",
+                 "--watch-every", "0", "--out", str(tmp_path / "runs")]) == 2
+    assert "--watch-every must be a positive" in capsys.readouterr().err

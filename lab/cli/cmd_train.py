@@ -101,6 +101,9 @@ def add_parser(subparsers) -> None:
                         "every epoch end, on a copy of the weights; saved in the run's metrics")
     p.add_argument("--watch-index", type=int, default=0, metavar="N", help="the test image to watch")
     p.add_argument("--watch-layer", metavar="NAME", help="the layer to watch (default: the view's own)")
+    p.add_argument("--watch-every", type=float, metavar="S",
+                   help="also snapshot inside an epoch, at most every S seconds (and never more "
+                        "than 5%% of the time); default: at epoch ends only")
     p.add_argument("--json", action="store_true", help="print one JSON object per event")
     p.set_defaults(func=run)
 
@@ -123,7 +126,10 @@ def make_watcher(args: argparse.Namespace, ds, model):
                               args.watch_layer, target)
     import copy
     compute(copy.deepcopy(model).eval())    # a wrong layer name fails now, not after an epoch
-    return Watcher(compute, index=args.watch_index)
+    if args.watch_every is not None and args.watch_every <= 0:
+        raise UsageError(f"--watch-every must be a positive number of seconds, got {args.watch_every}")
+    return Watcher(compute, index=args.watch_index, min_interval=args.watch_every or 0.0,
+                   during_epoch=args.watch_every is not None)
 
 
 def _image_size(args: argparse.Namespace) -> int | None:

@@ -358,6 +358,9 @@ def train_events(spec: dict, settings: dict, stop_file: str, dataset: Any = None
            "path": None if path is None else str(path), "save_error": save_error}
 
 
+WATCH_EVERY_S = 5.0
+
+
 def make_watcher(watch: dict, dataset: Any) -> Any:
     """A lab.watch.Watcher computing visual.watch_snapshot of `watch["view"]` for test image
     `watch["index"]` (its true class for Grad-CAM)."""
@@ -372,7 +375,8 @@ def make_watcher(watch: dict, dataset: Any) -> Any:
 
     def compute(model: Any) -> dict:
         return watch_snapshot(model, x.to(next(model.parameters()).device), view, layer, target)
-    return Watcher(compute, index=index)
+    # epoch ends, and inside long epochs every WATCH_EVERY_S at most (and under 5% of the time)
+    return Watcher(compute, index=index, min_interval=WATCH_EVERY_S, during_epoch=True)
 
 
 def _gpu_duration(spec: dict, settings: dict, *args: Any, **kwargs: Any) -> int:
