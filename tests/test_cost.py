@@ -144,9 +144,10 @@ def test_variants_cover_the_list_and_groups_divide():
     assert "depthwise_conv" not in labels          # 12 -> 24 is not channel-preserving
 
 
-def test_latency_positive_and_depthwise_separable_faster(one_thread):
-    # MobileNets' claim at 64 -> 64, 3×3, 56×56: ~8× fewer FLOPs. Medians of interleaved rounds
-    # on one thread measured 3.5-4.5× faster forward on the shared 2-core machine.
+def test_latency_is_measured_for_each_row(one_thread):
+    # MobileNets' claim at 64 -> 64, 3×3, 56×56: ~8× fewer FLOPs. Which one is faster is a speed
+    # figure, so it lives in `python -m lab cost` / the README (3.5-4.5× faster forward on one
+    # thread here), not in a timed assertion that a busy CI machine could flip.
     table = block_costs(64, 64, 3, 56, batch=1, repeats=9,
                         only=["regular conv", "depthwise-separable"])
     reg, ds = table.row("regular conv"), table.row("depthwise-separable")
@@ -154,7 +155,6 @@ def test_latency_positive_and_depthwise_separable_faster(one_thread):
         assert 0 < r.forward_ms < 10_000 and 0 < r.forward_backward_ms < 10_000
         assert math.isfinite(r.forward_ms) and math.isfinite(r.forward_backward_ms)
     assert ds.flops * 7 < reg.flops
-    assert ds.forward_ms < reg.forward_ms
 
 
 def test_chart_turns_log_when_values_span_decades(handbook):
