@@ -74,9 +74,18 @@ def _plot(page, sel: str) -> str:
 
 
 def _dropdown_options(page, elem_id: str) -> list[str]:
-    page.locator(f"#{elem_id} input").click()
+    """The options a Gradio dropdown lists (opened by focusing it; retried, since a click
+    that lands while the component re-renders opens nothing)."""
     options = page.locator("[role=option]")
-    options.first.wait_for()
+    for attempt in range(6):
+        page.locator("#cs-title").click()          # blur whatever is focused
+        page.locator(f"#{elem_id} input").click()
+        try:
+            options.first.wait_for(timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError; try again
+            if attempt == 5:
+                raise
     texts = [t.strip().lstrip("✓").strip() for t in options.all_inner_texts()]
     page.keyboard.press("Escape")
     return texts
