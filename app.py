@@ -21,7 +21,7 @@ from lab.serve import zerogpu  # noqa: F401  first: `spaces` must be imported be
 import gradio as gr
 
 from lab.serve.limits import Limits
-from ui import build, compare, export, inspect, runs, train
+from ui import build, compare, export, inspect, photo, runs, train
 from ui.common import CSS, EMPTY, JS, UPLOAD, close_session, default_spec, get_session, on_refresh_runs, on_unload, user_errors  # noqa: F401,E501
 # The handlers, importable as app.<name> (the tests and scripts call them without a browser).
 from ui.build import (FORM_SLOTS, form_updates, on_add_layer, on_apply_json,  # noqa: F401
@@ -65,7 +65,8 @@ def build_ui(limits: Limits | None = None) -> gr.Blocks:
         demo.load(on_load, outputs=[ui.session_state] + ui.build_views, api_visibility="private"
                   ).then(runs.on_list_runs, [ui.session_state],
                          [ui.session_state] + ui.run_pickers + [ui.continue_run, ui.runs_where],
-                         api_visibility="private")
+                         api_visibility="private"
+                         ).then(photo.on_page_load, None, ui.photo_class, api_visibility="private")
         demo.unload(on_unload)
         build.wire(ui)
         train.wire(ui, limits)

@@ -8,6 +8,8 @@ and reused while the preset and weights stay the same.
 """
 from __future__ import annotations
 
+import functools
+
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +26,7 @@ PHOTO_VIEWS = [("Grad-CAM", "gradcam"), ("Integrated Gradients (16 steps)", "ig"
 SOURCES = [("ImageNet (torchvision download, cached)", "imagenet"),
            ("A weights file on this computer", "path"), ("Upload a weights file", "upload")]
 IG_STEPS = 16
+PREDICTED_CLASS = ("(the predicted class)", -1)
 
 
 def preset_choices() -> list[tuple[str, str]]:
@@ -32,11 +35,18 @@ def preset_choices() -> list[tuple[str, str]]:
     return [(f"{p.name} (ImageNet weights)", p.name) for p in all_presets() if p.torchvision]
 
 
+@functools.lru_cache(maxsize=1)
 def class_choices() -> list[tuple[str, int]]:
     """The 1,000 ImageNet classes (from torchvision's weights metadata, offline), searchable."""
     import torchvision
     names = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
-    return [("(the predicted class)", -1)] + [(f"{n} · {i}", i) for i, n in enumerate(names)]
+    return [PREDICTED_CLASS] + [(f"{n} · {i}", i) for i, n in enumerate(names)]
+
+
+def on_page_load():
+    """The class picker's 1,000 choices (torchvision is imported on the first page load,
+    after the server listens, not while it starts)."""
+    return gr.update(choices=class_choices())
 
 
 def local_paths_allowed() -> bool:
@@ -158,7 +168,9 @@ def layout(ui: SimpleNamespace) -> None:
                     gr.Examples([[str(p)] for p in PHOTOS], inputs=ui.photo_img, label="Example photos")
                 ui.photo_view = gr.Dropdown(PHOTO_VIEWS, value="gradcam", label="View",
                                             elem_id="cs-photo-view")
-                ui.photo_class = gr.Dropdown(class_choices(), value=-1, filterable=True,
+                # The 1,000 classes come with the page load (on_page_load): importing
+                # torchvision for them would delay the server's start by seconds.
+                ui.photo_class = gr.Dropdown([PREDICTED_CLASS], value=-1, filterable=True,
                                              label="Class to explain (type to search the 1,000)",
                                              elem_id="cs-photo-class")
                 ui.photo_layer = gr.Dropdown([("(default for the view)", "")], value="", label="Layer")

@@ -445,7 +445,9 @@ def layout(ui: SimpleNamespace, limits: Limits) -> None:
                     ui.watch_view = gr.Dropdown(WATCH_CHOICES, value="none", elem_id="cs-watch-view",
                                                 label="Watch while training (each epoch)")
                     ui.watch_index = gr.Number(0, label="test image #", precision=0, minimum=0)
-                ui.train_net = gr.Markdown(network_note(None), elem_id="cs-train-net")
+                # Filled when the page's spec arrives (spec_state.change): summarising a network
+                # here would import torch's compiler stack before the server listens.
+                ui.train_net = gr.Markdown("Start trains the Build tab's network.", elem_id="cs-train-net")
                 with gr.Accordion("Fine-tune: start from pretrained weights", open=False):
                     ui.ft_weights = gr.Textbox(
                         "", label="Weights: empty (from scratch), 'imagenet', or a .pth / "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch.nn as nn
-from torchvision.ops import DropBlock2d
 
 from blocks.registry import Param, SpecError, register
 
@@ -21,6 +20,7 @@ def dropblock(in_shape, p, block_size):
         raise SpecError(f"'block_size' must be odd (torchvision centres each block), got {block_size}")
     if block_size > min(in_shape[1:]):
         raise SpecError(f"block_size {block_size} exceeds the {in_shape[1]}×{in_shape[2]} input")
+    from torchvision.ops import DropBlock2d   # here: importing torchvision takes seconds
     return DropBlock2d(p, block_size, inplace=False)
 
 
