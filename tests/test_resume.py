@@ -277,3 +277,23 @@ def test_a_run_being_trained_cannot_be_resumed_twice(tmp_path, shapes):
         with pytest.raises(RunError, match="being written by another process"):
             RunWriter.resume(writer.path)
     RunWriter.resume(writer.path).close()       # free again once the writer is closed
+
+
+def test_cli_a_full_disk_at_a_checkpoint_is_one_warning_and_training_goes_on(net_file, tmp_path,
+                                                                           capsys, monkeypatch):
+    real_save = runs.save_file
+
+    def full_at_epoch_2(tensors, path, metadata=None):
+        if "checkpoint-" in str(path) and (metadata or {}).get("token") and \
+                int(str(path).split("checkpoint-")[1][:8]) == 32:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, metadata=metadata)
+    monkeypatch.setattr(runs, "save_file", full_at_epoch_2)
+    out = tmp_path / "runs"
+    assert main(["train", "--spec", str(net_file), *CLI, "--epochs", "3", "--stop-after", "2",
+                 "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    warnings = [line for line in said.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "after epoch 2" in warnings[0] and "previous checkpoint is kept" in warnings[0]
+    run_dir = list_runs(out)[0]
+    assert load_checkpoint(run_dir).epoch == 1 and load_run(run_dir).end["status"] == "stopped"

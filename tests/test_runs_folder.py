@@ -146,3 +146,19 @@ def test_hostile_run_zips_are_refused_with_one_line(tmp_path):
         import_run_zip(_zip(tmp_path / "big.zip", good), root, ZipLimits(max_total_bytes=1000))
     assert not (tmp_path / "pwned").exists()
     assert not root.exists() or list(root.iterdir()) == []
+
+
+def test_a_run_being_written_is_listed_as_running_then_interrupted(tmp_path):
+    from lab.runs import RunWriter
+    torch.manual_seed(0)
+    model = blocks.build(SPEC)
+    parts = RunParts(model.spec, {"dataset": "digits"}, [{"type": "start"},
+                     {"type": "epoch", "epoch": 1, "test_acc": 0.4}], model, {"name": "digits"})
+    writer = RunWriter(tmp_path, "in progress")
+    path = writer.save(parts)
+    [info] = scan_runs(tmp_path)
+    assert (info.status, info.epochs, info.accuracy) == ("running", 1, 0.4)
+    with pytest.raises(RunError, match="still training"):
+        delete_run(tmp_path, path.name)
+    writer.close()                                  # the process is gone, no end event
+    assert scan_runs(tmp_path)[0].status == "interrupted"
