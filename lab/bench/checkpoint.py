@@ -55,10 +55,10 @@ def checkpoint_cost(options: BenchOptions) -> dict:
             "train_images": n_train, "epochs": epochs,
             "params": sum(p.numel() for p in trainer.model.parameters()),
             "checkpoint_mb": round(size / 2**20, 2),
-            "epoch_s": statistics.median(r["epoch_s"] for r in rows),
-            "checkpoint_ms": statistics.median(r["capture_ms"] + r["write_ms"] for r in rows),
-            "capture_ms": statistics.median(r["capture_ms"] for r in rows),
-            "write_ms": statistics.median(r["write_ms"] for r in rows),
+            "epoch_s": round(statistics.median(r["epoch_s"] for r in rows), 3),
+            "checkpoint_ms": round(statistics.median(r["capture_ms"] + r["write_ms"] for r in rows), 1),
+            "capture_ms": round(statistics.median(r["capture_ms"] for r in rows), 1),
+            "write_ms": round(statistics.median(r["write_ms"] for r in rows), 1),
             "share": round(share, 5), "under_2_percent": share < 0.02,
             "per_epoch": [{**r, "share": round(r["share"], 5)} for r in rows]}
 
