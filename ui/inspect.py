@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -26,6 +26,10 @@ VIEWS: list[tuple[str, str]] = [
     ("Network diagram", "diagram"), ("Confusion matrix", "confusion"),
 ]
 VIEW_KINDS = {"ghost": ("ghost",), "se": ("se",), "se_class": ("se",), "cbam": ("cbam",)}
+VIEW_NAMES = {value: label for label, value in VIEWS}
+# Views of the run as a whole (a batch of test images, or the network alone): cached per run.
+BATCH_VIEWS = {"redundancy", "redundancy_layers", "se_class", "quality", "params_flops",
+               "diagram", "confusion"}
 # views that look at the whole network (or only at the input), not at one chosen layer
 NO_LAYER = {"ig", "saliency", "occlusion", "redundancy_layers", "quality", "params_flops",
             "diagram", "confusion"}
@@ -147,8 +151,42 @@ def _inspect_image(s: Session, rec: Any, ds: Any, choice: Any):
     return np.asarray(ds.test_x[i]), f"test image {i} (true class: {ds.classes[int(ds.test_y[i])]})", mask
 
 
-def compute_view(s: Session, rec: Any, view: str, image_choice: Any, layer: str | None):
-    """(View, top-5 {class: p}, note) for one inspection."""
+def batch_view(ds: Any, model: Any, view: str, layer: str | None, classes: list) -> tuple[Any, str]:
+    """(View, note) of a view that reads a batch of test images or the network alone (one of
+    BATCH_VIEWS): the same whatever image is chosen, so a run computes it once."""
+    note = ""
+    if view == "redundancy":
+        xb, _, _ = sess.test_batch(ds, 64)
+        v = visual.redundancy_view(model, xb, layer=layer)
+        note = "Channel similarity over the first 64 test images. "
+    elif view == "redundancy_layers":
+        xb, _, _ = sess.test_batch(ds, 64)
+        v = visual.redundancy_by_layer(model, xb)
+    elif view == "se_class":
+        xb, yb, _ = sess.test_batch(ds, 512)
+        v = visual.se_class_view(model, xb, yb, layer=layer, classes=classes)
+    elif view == "quality":
+        xb, yb, masks = sess.test_batch(ds, QUALITY_IMAGES)
+        if masks is None:
+            raise gr.Error("Attention quality needs object masks; only the shapes data set has them.")
+        v = visual.attention_quality(model, xb, masks, n_steps=16)
+        note = f"Scored on the first {QUALITY_IMAGES} test images against their object masks. "
+    elif view == "params_flops":
+        v = visual.params_flops_view(model)
+    elif view == "diagram":
+        v = visual.stack_diagram(model)
+    elif view == "confusion":
+        xb, yb, _ = sess.test_batch(ds, len(ds.test_y))
+        v = visual.confusion_view(model, xb, yb, classes=classes)
+    else:
+        raise gr.Error(f"Unknown view '{view}'.")
+    return v, note
+
+
+def compute_view(s: Session, rec: Any, view: str, image_choice: Any, layer: str | None,
+                 progress: Callable | None = None):
+    """(View, top-5 {class: p}, note) for one inspection; `progress` (a gr.Progress) is told
+    when a run-wide view is computed for the first time."""
     ds = s.dataset_for(rec)
     model, classes = rec.model, list(ds.classes)
     img, what, mask = _inspect_image(s, rec, ds, image_choice)
@@ -168,33 +206,20 @@ def compute_view(s: Session, rec: Any, view: str, image_choice: Any, layer: str 
         v = visual.feature_grid(model, x, img, layer=layer)
     elif view == "ghost":
         v = visual.ghost_view(model, x, img, layer=layer)
-    elif view == "redundancy":
-        xb, _, _ = sess.test_batch(ds, 64)
-        v = visual.redundancy_view(model, xb, layer=layer)
-        note += "Channel similarity over the first 64 test images. "
-    elif view == "redundancy_layers":
-        xb, _, _ = sess.test_batch(ds, 64)
-        v = visual.redundancy_by_layer(model, xb)
     elif view == "se":
         v = visual.se_view(model, x, layer=layer)
-    elif view == "se_class":
-        xb, yb, _ = sess.test_batch(ds, 512)
-        v = visual.se_class_view(model, xb, yb, layer=layer, classes=classes)
     elif view == "cbam":
         v = visual.cbam_view(model, x, img, layer=layer)
-    elif view == "quality":
-        xb, yb, masks = sess.test_batch(ds, QUALITY_IMAGES)
-        if masks is None:
-            raise gr.Error("Attention quality needs object masks; only the shapes data set has them.")
-        v = visual.attention_quality(model, xb, masks, n_steps=16)
-        note += f"Scored on the first {QUALITY_IMAGES} test images against their object masks. "
-    elif view == "params_flops":
-        v = visual.params_flops_view(model)
-    elif view == "diagram":
-        v = visual.stack_diagram(model)
-    elif view == "confusion":
-        xb, yb, _ = sess.test_batch(ds, len(ds.test_y))
-        v = visual.confusion_view(model, xb, yb, classes=classes)
+    elif view in BATCH_VIEWS:
+        # Views of the run as a whole (not of the chosen image): computed once per run and
+        # layer, kept in the run's record (this session's memory), shown from there after.
+        key = ("view", view, layer)
+        if key not in rec.cache:
+            if progress is not None:
+                progress(0, desc=f"Computing the {VIEW_NAMES.get(view, view).lower()} of {rec.id} (once)…")
+            rec.cache[key] = batch_view(ds, model, view, layer, classes)
+        v, batch_note = rec.cache[key]
+        note += batch_note
     else:
         raise gr.Error(f"Unknown view '{view}'.")
     probs = visual.predict(model, x)[0]
@@ -205,13 +230,13 @@ def compute_view(s: Session, rec: Any, view: str, image_choice: Any, layer: str 
 
 @user_errors
 def on_inspect(session_state: Any, run_id: Any, view: str, image_choice: Any, layer: Any,
-               request: gr.Request = None):
+               request: gr.Request = None, progress: gr.Progress = gr.Progress()):
     """Run one inspection view; returns (session, figure, top-5, note, input preview)."""
     s = get_session(session_state, request)
     rec = s.run(run_id or None)
     ds = s.dataset_for(rec)
     img, _, _ = _inspect_image(s, rec, ds, image_choice)
-    v, top5, note = compute_view(s, rec, view or "gradcam", image_choice, layer or None)
+    v, top5, note = compute_view(s, rec, view or "gradcam", image_choice, layer or None, progress)
     preview = img.transpose(1, 2, 0)
     zoom = max(1, 128 // max(preview.shape[:2]))       # what the network sees, enlarged
     preview = preview.repeat(zoom, axis=0).repeat(zoom, axis=1)
