@@ -157,3 +157,22 @@ def test_train_tab_fine_tunes_from_a_weights_file_and_public_hosts_refuse_paths(
     monkeypatch.setenv("CONVSCOPE_PUBLIC", "1")
     with pytest.raises(gr.Error, match="only come from 'imagenet'"):
         list(app.on_train(s, spec, *args, "none", 0, False, str(weights), "none"))
+
+
+def test_the_app_inspects_a_cli_fine_tuned_run_at_its_size_and_normalisation(tmp_path, r18_pth, capsys):
+    from lab.runs import load_run
+    from lab.serve.session import Session, record_from_run
+    data = two_class_zip(tmp_path / "two.zip", 40, seed=5)
+    assert main(["train", "--preset", "ResNet-18", "--weights", str(r18_pth), "--dataset", str(data),
+                 "--input", "3x64x64", "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "runs"),
+                 "--json"]) == 0
+    run_dir = json.loads(capsys.readouterr().out.splitlines()[-1])["run_dir"]
+    rec = record_from_run(load_run(run_dir))
+    s = Session(key="finetuned", root=tmp_path / "sessions")
+    try:
+        ds = s.dataset_for(rec)
+        assert tuple(ds.input_shape) == (3, 64, 64) and ds.mean == (0.485, 0.456, 0.406)
+        own = load_dataset(str(data), image_size=64)
+        assert torch.equal(ds.test_x, own.test_x) and own.mean != ds.mean
+    finally:
+        s.close()

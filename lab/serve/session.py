@@ -478,8 +478,33 @@ class Session:
         return ds
 
     def dataset_for(self, run: RunRecord) -> Any:
+        """The data set a run was trained on, as it saw it: at the run's input size (a run of
+        `lab train --input 3x128x128` resized its images) and with the normalisation it
+        trained with (a fine-tuned run takes its pretrained weights' mean/std,
+        lab/pretrained.py), both read from the run's spec and dataset.json."""
+        import dataclasses
         name, seed, train_size, test_size, data_root = run.dataset_key
-        return self.dataset(name, seed, train_size, test_size, data_root)
+        ds = self.dataset(name, seed, train_size, test_size, data_root)
+        side = [int(v) for v in (run.spec or {}).get("input", [])[1:]]
+        if len(side) == 2 and side[0] == side[1] and list(ds.input_shape[1:]) != side:
+            key = (name, seed, train_size, test_size, data_root, side[0])
+            with self._lock:
+                cached = self._datasets.get(key)
+            if cached is None:
+                from lab.datasets import load_dataset
+                cached = load_dataset(name, data_root, seed=seed, download=download_allowed(),
+                                      image_size=side[0], train_size=train_size, test_size=test_size)
+                with self._lock:
+                    self._datasets[key] = cached
+                    while len(self._datasets) > 2:
+                        self._datasets.popitem(last=False)
+            ds = cached
+        info = run.dataset_info or {}
+        mean, std = info.get("mean"), info.get("std")
+        if (mean and std and len(mean) == len(ds.mean) and len(std) == len(ds.std)
+                and any(abs(a - b) > 1e-5 for a, b in zip(list(mean) + list(std), list(ds.mean) + list(ds.std)))):
+            ds = dataclasses.replace(ds, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
+        return ds
 
     # -- runs
 
