@@ -121,17 +121,20 @@ def test_rename_delete_and_a_run_zip_round_trip(folder, tmp_path):
     a, b = _weights(folder["torchrun"]), _weights(opened)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert load_run(opened).metrics == load_run(folder["torchrun"]).metrics
-    # Rename in one session; the other sees it at its next refresh.
-    out = runs_ui.on_rename_run(s1, new_id, "my copy")
+    # Rename in one session; another on the same folder sees it at its next refresh.
+    out = runs_ui.on_rename_run(other, new_id, "my copy")
     assert "Renamed to my copy" in out[-1]
-    runs_ui.on_rename_run(other, new_id, "my copy")
-    assert "my copy" in [v for _, v in runs_ui.on_list_runs(other)[1]["choices"]]
+    again = Session(key="elsewhere-2", runs_dir=tmp_path / "other-runs")
+    assert [v for _, v in runs_ui.on_list_runs(again)[1]["choices"]] == ["my copy"]
     assert runs_ui.on_ask_delete("my copy")[0]["visible"] is True     # asks first
-    runs_ui.on_delete_run(other, "my copy")
+    runs_ui.on_delete_run(again, "my copy")
     assert [v for _, v in runs_ui.on_list_runs(other)[1]["choices"]] == []
     with pytest.raises(Exception, match="not a readable zip|zip"):
         runs_ui.on_upload_run(other, str(Path(path).with_suffix(".json")))
-    for s in (s1, s2, other):
+    # The shared folder's runs were only read.
+    assert [v for _, v in runs_ui.on_list_runs(s2)[1]["choices"]] == \
+        [folder["torchrun"].name, folder["cli"].name]
+    for s in (s1, s2, other, again):
         s.close()
 
 
@@ -149,3 +152,51 @@ def test_public_visitors_see_nothing_of_each_other(folder, tmp_path):
     assert rec.path.is_relative_to(a.dir) and a.run(rec.id).path.is_dir()
     a.close()
     b.close()
+
+
+@pytest.fixture
+def local_server(folder):
+    """The app served in the local mode on `folder`'s runs (sessions read the mode and the
+    folder from the environment when a visitor arrives)."""
+    import app
+    from conftest import free_port
+    env = {"CONVSCOPE_PUBLIC": "0", "CONVSCOPE_RUNS_DIR": str(folder["root"])}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    demo = app.make_demo()
+    port = free_port()
+    opts = app.launch_options()
+    opts.update(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(**opts)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_through_gradio_client_the_folders_runs_open_in_inspect(folder, local_server):
+    from gradio_client import Client
+    client = Client(local_server, verbose=False)
+    listed = client.predict(api_name="/list_runs")          # what a page load or Refresh shows
+    inspect_choices = [v for _, v in listed[0]["choices"]]
+    assert inspect_choices[:2] == [folder["torchrun"].name, folder["cli"].name], inspect_choices
+    assert "half-copied" in listed[-1]
+    for run_dir in (folder["torchrun"], folder["cli"]):
+        fig, top5, note, preview = client.predict(run_dir.name, "saliency", "", api_name="/inspect")
+        assert len(top5["confidences"]) == 5 and "Saliency" in json.dumps(fig), note
+    # A run .zip through the upload route: opened as a run of the folder.
+    from lab.runzip import zip_run
+    from gradio_client import handle_file
+    zipped = zip_run(folder["torchrun"], folder["root"].parent / "up" / "copy.zip")
+    client.predict(handle_file(str(zipped)), api_name="/upload_run")
+    listed = client.predict(api_name="/list_runs")
+    copies = [v for _, v in listed[0]["choices"] if v not in (folder["torchrun"].name, folder["cli"].name)]
+    assert len(copies) == 1
+    a, b = _weights(folder["torchrun"]), _weights(folder["root"] / copies[0])
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -113,8 +113,9 @@ def wire(ui: SimpleNamespace) -> None:
     """Refresh buttons of the three pickers, and the Manage runs panel (after every tab
     is laid out: the outputs span tabs)."""
     listed = [ui.session_state] + ui.run_pickers + [ui.continue_run]
-    for btn in ui.refresh_btns:
-        btn.click(on_list_runs, [ui.session_state], listed + [ui.runs_where], api_visibility="private")
+    for i, btn in enumerate(ui.refresh_btns):
+        btn.click(on_list_runs, [ui.session_state], listed + [ui.runs_where],
+                  **({"api_name": "list_runs"} if i == 0 else {"api_visibility": "private"}))
     ui.list_runs_event = on_list_runs
     ui.run_zip.upload(on_upload_run, [ui.session_state, ui.run_zip], listed + [ui.runs_note],
                       api_name="upload_run")
