@@ -97,7 +97,16 @@ def weights_source(source: str, path_text: str | None, upload: Any) -> str:
     path = _payload_path(upload)
     if not path:
         raise gr.Error("Upload a .pth or .safetensors weights file first.")
+    if Path(path).suffix.lower() not in upload_kinds():
+        raise gr.Error("On a public host weights are uploaded as .safetensors only (a .pth is a "
+                       "pickle); convert it with safetensors.torch.save_file, or run the app locally.")
     return path
+
+
+def upload_kinds() -> list[str]:
+    """Weights files a visitor may upload: a public host takes no pickle at all, not even
+    through torch.load(weights_only=True); a local app (your own files) takes .pth too."""
+    return [".pth", ".pt", ".safetensors"] if local_paths_allowed() else [".safetensors"]
 
 
 def load_network(net_state: Any, preset: str, source: str):
@@ -161,7 +170,7 @@ def layout(ui: SimpleNamespace) -> None:
                                            placeholder="~/.cache/torch/hub/checkpoints/resnet18-f37072fd.pth",
                                            visible=False, elem_id="cs-photo-path")
                 ui.photo_weights = gr.File(label="Weights file (.pth or .safetensors)",
-                                           file_types=[".pth", ".pt", ".safetensors"], visible=False)
+                                           file_types=upload_kinds(), visible=False)
                 ui.photo_img = gr.Image(label="Photo (JPEG, PNG, WebP)", type="filepath", height=220,
                                         sources=["upload", "clipboard"], elem_id="cs-photo-img")
                 if PHOTOS:
