@@ -161,7 +161,7 @@ def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int | No
                          report_interval=seconds)
     bare = _BareLoop(spec, _tiled(ds, 32 * batch_size, 0), base, device)
     bare.steps(max(1, warmup))
-    # Calibrate the Trainer's data: epochs of at most 1,024 steps, enough of them for the pairs.
+    # Calibrate: steps per chunk, and enough epochs for the pairs.
     n = 2
     while True:
         secs = bare.steps(n)
@@ -171,7 +171,9 @@ def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int | No
     per_step = max(secs / n, 1e-6)
     chunk = max(1, math.ceil(seconds / per_step))
     total = warmup + (pairs + 3) * chunk * 2
-    epoch_steps = min(total, 1024)
+    # Epochs as long as the data set's, but at least 8 chunks (an epoch's end is not counted)
+    # and at most 1,024 steps.
+    epoch_steps = max(1, min(total, 1024, max(len(ds.train_y) // batch_size, 8 * chunk)))
     data = _tiled(ds, epoch_steps * batch_size, batch_size)
     settings = dataclasses.replace(base, epochs=min(10_000, math.ceil(total / epoch_steps)))
     records: list[dict] = []        # per Trainer chunk: steps, seconds, bare chunk before
@@ -205,6 +207,8 @@ def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int | No
         around = statistics.mean(bare_rates[r["before"]:r["before"] + 2])
         rounds.append({"trainer": round(trainer, 1), "bare": round(around, 1)})
         rounds[-1]["ratio"] = round(rounds[-1]["trainer"] / rounds[-1]["bare"], 3)
+    if not rounds:
+        raise RuntimeError("no Trainer chunk could be timed: its reports all fell on epoch ends")
     ratios = [r["ratio"] for r in rounds]
     lo, hi = statistics.quantiles(ratios, n=4)[::2] if len(ratios) >= 2 else (ratios[0], ratios[0])
     return {"kind": "training", "device": device_name(device), "threads": torch.get_num_threads(),
@@ -256,3 +260,4 @@ import lab.bench.diagram  # noqa: E402,F401  (registers the network-diagram case
 import lab.bench.pretrained  # noqa: E402,F401  (registers the real-photo cases)
 import lab.bench.checkpoint  # noqa: E402,F401  (registers the checkpoint-cost case)
 import lab.bench.startup  # noqa: E402,F401  (registers the app start-up case)
+import lab.bench.precise_bn  # noqa: E402,F401  (registers the PreciseBN-cost case)
