@@ -54,6 +54,9 @@ Case = Callable[[BenchOptions], dict]
 # Rounds (for training cases: the middle half of the pairs) whose ratios differ by more than
 # this factor mean the machine was busy with other work.
 NOISY_SPREAD = 1.15
+# The bare loop's pre-made batches: as many of the data set's as fit in this many bytes
+# (cycling a few batches over and over trains a network unlike the Trainer's run).
+BARE_BYTES = 64_000_000
 _CASES: dict[str, Case] = {}
 
 
@@ -98,7 +101,7 @@ def _tiled(ds, n_train: int, n_test: int):
 
 class _BareLoop:
     """The bare PyTorch loop: zero_grad, forward, loss, backward, step over pre-made,
-    pre-normalised batches already on the device (at most 32, cycled)."""
+    pre-normalised batches already on the device (those of the data set within BARE_BYTES, cycled)."""
 
     def __init__(self, spec: dict, ds, settings: TrainSettings, device: torch.device):
         torch.manual_seed(settings.seed)
@@ -112,7 +115,8 @@ class _BareLoop:
         self.scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
         self.criterion = nn.CrossEntropyLoss()
         self.b = b = settings.batch_size
-        n = max(1, min(32, len(ds.train_y) // b))
+        per_batch = ds.train_x[:b].numel() * 4
+        n = max(1, min(len(ds.train_y) // b, BARE_BYTES // max(1, per_batch)))
         self.batches = [(ds.normalize(ds.train_x[i * b:(i + 1) * b].to(device)).contiguous(memory_format=fmt),
                          ds.train_y[i * b:(i + 1) * b].to(device)) for i in range(n)]
         self.i = 0
@@ -157,9 +161,11 @@ def compare_training(spec: dict, ds, options: BenchOptions, batch_size: int | No
     spec = prepare_spec(spec, ds.input_shape, len(ds.classes))
     pairs = options.rounds if options.rounds is not None else (20 if options.quick else 60)
     seconds = options.round_seconds or TrainSettings.report_interval
-    base = TrainSettings(device=str(device), batch_size=batch_size, epochs=1, lr=1e-3,
+    # A constant learning rate on both sides: the same numerics (a sigmoid network's step
+    # takes longer once its units saturate, so the two loops must train alike).
+    base = TrainSettings(device=str(device), batch_size=batch_size, epochs=1, lr=1e-3, schedule="constant",
                          report_interval=seconds)
-    bare = _BareLoop(spec, _tiled(ds, 32 * batch_size, 0), base, device)
+    bare = _BareLoop(spec, ds, base, device)
     bare.steps(max(1, warmup))
     # Calibrate: steps per chunk, and enough epochs for the pairs.
     n = 2
