@@ -495,6 +495,9 @@ def test_curves_tell_runs_and_series_apart():
 
 def test_curves_axes_are_there_before_any_epoch_and_loss_can_be_log():
     empty = curves_figure({}).figure
+    # a panel without a trace draws no axes in the browser: each has an empty one
+    assert sorted(t.xaxis for t in empty.data) == ["x", "x2"]
+    assert all(len(t.x) == 0 for t in empty.data)
     assert empty.layout.xaxis.title.text == "epoch" and empty.layout.xaxis2.title.text == "epoch"
     assert tuple(empty.layout.yaxis2.range) == (0, 1.02) and empty.layout.xaxis.range is not None
     steps_only = curves_figure({"a": [e for e in _events(40, 2) if e["type"] == "step"][:10]}).figure

@@ -238,8 +238,8 @@ def layout(ui: SimpleNamespace) -> None:
             with gr.Column(scale=3):
                 ui.table = gr.Dataframe(headers=edit.TABLE_HEADERS, interactive=False, wrap=True,
                                         label="Summary (per image, float32)", max_height=560,
-                                        column_widths=["5%", "31%", "11%", "10%", "9%", "9%",
-                                                       "13%", "12%"], elem_id="cs-summary")
+                                        column_widths=["4%", "30%", "12%", "11%", "9%", "9%",
+                                                       "12%", "13%"], elem_id="cs-summary")
                 with gr.Row():
                     ui.layer_dd = gr.Dropdown([], label="Selected layer", scale=4)
                     ui.up_btn = gr.Button("↑", scale=0, min_width=40)

@@ -467,8 +467,8 @@ def layout(ui: SimpleNamespace, limits: Limits) -> None:
                 with gr.Row():
                     ui.continue_run = gr.Dropdown([], label="Continue a stopped or finished run",
                                                   scale=3)
-                    ui.continue_epochs = gr.Number(None, label="Train to, in all (blank: as planned)",
-                                                   precision=0, minimum=1, scale=1)
+                    ui.continue_epochs = gr.Number(0, label="Train to, in all (0: as planned)",
+                                                   precision=0, minimum=0, scale=1)
                     ui.continue_btn = gr.Button("Continue training", scale=1,
                                                 elem_id="cs-continue")
                 with gr.Row():

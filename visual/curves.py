@@ -82,8 +82,13 @@ def curves_figure(runs: dict[str, list[dict]], log_loss: bool = False) -> View:
                      row=1, col=1, **({} if log_loss else {"rangemode": "tozero"}))
     fig.update_yaxes(range=[0, 1.02], tickformat=".0%", title_text="accuracy", row=1, col=2)
     if not runs:
-        fig.add_annotation(text="curves appear here once training starts", showarrow=False,
-                           xref="paper", yref="paper", x=0.5, y=0.5, font_color="grey")
+        for col in (1, 2):       # an empty trace per panel, so both draw their axes at once
+            fig.add_trace(go.Scatter(x=[], y=[], showlegend=False, hoverinfo="skip"), 1, col)
+        for axis, text in (("x", "loss per step, once training starts"),
+                           ("x2", "train and test accuracy, at each epoch's end")):
+            fig.add_annotation(text=text, showarrow=False, xref=f"{axis} domain",
+                               yref=f"{axis.replace('x', 'y')} domain", x=0.5, y=0.5,
+                               font_color="grey")
     # the top margin keeps the subplot titles clear of Plotly's toolbar; uirevision keeps a
     # zoom or hidden legend entries across the live redraws
     fig.update_layout(height=400, margin=dict(l=10, r=10, t=60, b=10), uirevision="curves",
