@@ -2,9 +2,12 @@
 browser tests (one launch per test session, closed after)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,42 @@ APP_TEST_ENV = {
     "CONVSCOPE_DOWNLOAD": "0",
     "GRADIO_ANALYTICS_ENABLED": "False",
 }
+
+
+# A real browser for the end-to-end tests: Debian's chromium (.ci/run installs it; never
+# `playwright install`), with the flags this closed network needs.
+CHROMIUM = os.environ.get("CONVSCOPE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def browser_page(args: list[str] = CHROMIUM_ARGS):
+    """A fresh Chromium profile and one page (1400×1000, 60 s timeouts), closed after. A
+    missing browser fails the test: a skipped browser test would pass a broken set-up."""
+    from playwright import sync_api
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set CONVSCOPE_CHROMIUM)")
+    profile = tempfile.mkdtemp(prefix="convscope-chromium-")
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, args=args, headless=True,
+            viewport={"width": 1400, "height": 1000})
+        try:
+            pg = ctx.new_page()
+            pg.set_default_timeout(60_000)
+            yield pg
+        finally:
+            ctx.close()
+            shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture()
+def page(app_server):
+    """The app opened in a fresh browser."""
+    with browser_page() as pg:
+        pg.goto(app_server)
+        yield pg
 
 
 def free_port() -> int:

@@ -2,8 +2,8 @@
 the default preset, Train (1 epoch), the curves appear, Inspect, pick a test image,
 Grad-CAM, the heatmap appears. Screenshots go to test-artifacts/.
 
-Needs Chromium at /usr/bin/chromium (or $CONVSCOPE_CHROMIUM) and the playwright package;
-skipped otherwise. The README's pictures come from this test, trained long enough to show
+Needs Chromium at /usr/bin/chromium (or $CONVSCOPE_CHROMIUM) and the playwright package
+(tests/conftest.py: the test fails without them). The README's pictures come from this test, trained long enough to show
 something (about 6 minutes on 2 CPU cores):
 
     CONVSCOPE_UPDATE_SCREENSHOTS=1 CONVSCOPE_E2E_EPOCHS=5 CONVSCOPE_E2E_TRAIN_SIZE=3000 \
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,34 +21,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 ASSETS = ROOT / "assets"
-CHROMIUM = os.environ.get("CONVSCOPE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EPOCHS = os.environ.get("CONVSCOPE_E2E_EPOCHS", "1")
 TRAIN_SIZE = os.environ.get("CONVSCOPE_E2E_TRAIN_SIZE", "512")
 UPDATE_ASSETS = os.environ.get("CONVSCOPE_UPDATE_SCREENSHOTS") == "1"
 
 pytestmark = pytest.mark.browser
 
-
-@pytest.fixture()
-def page(app_server):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    profile = tempfile.mkdtemp(prefix="convscope-chromium-")
-    with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1400, "height": 1000})
-        try:
-            pg = ctx.new_page()
-            pg.set_default_timeout(60_000)
-            pg.goto(app_server)
-            yield pg
-        finally:
-            ctx.close()
-            shutil.rmtree(profile, ignore_errors=True)
 
 
 def shot(page, name: str, shots: list[Path]) -> None:

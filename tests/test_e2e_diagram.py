@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from test_e2e_browser import ARTIFACTS, ASSETS, UPDATE_ASSETS, no_error_toasts, page  # noqa: F401
+from test_e2e_browser import ARTIFACTS, ASSETS, UPDATE_ASSETS, no_error_toasts  # noqa: F401
 
 pytestmark = pytest.mark.browser
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_e2e_browser import ASSETS, UPDATE_ASSETS, no_error_toasts, page, shot  # noqa: F401
+from tests.test_e2e_browser import ASSETS, UPDATE_ASSETS, no_error_toasts, shot  # noqa: F401
 
 pytestmark = pytest.mark.browser
 # ResNet-18 + CBAM with 4-8-16-32 channels: seconds per epoch. The README's pictures use

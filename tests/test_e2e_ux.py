@@ -13,14 +13,11 @@ One browser and one page for the module (the runs are shared); Chromium runs wit
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.test_e2e_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.conftest import CHROMIUM_ARGS, browser_page
 
 pytestmark = pytest.mark.browser
 
@@ -33,25 +30,12 @@ ERROR_BADGES = ".wrap .error"     # Gradio's red "Error" over an output whose ev
 @pytest.fixture(scope="module")
 def ux(app_server):
     """(page, console messages) on a fresh visit, kept for the module."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    profile = tempfile.mkdtemp(prefix="convscope-chromium-")
-    with sync_api.sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=ARGS, headless=True,
-            viewport={"width": 1400, "height": 1000})
-        try:
-            page = ctx.new_page()
-            page.set_default_timeout(60_000)
-            console: list[str] = []
-            page.on("console", lambda m: console.append(m.text))
-            page.goto(app_server)
-            page.get_by_text("✓ ResNet-18 + CBAM").wait_for()
-            yield page, console
-        finally:
-            ctx.close()
-            shutil.rmtree(profile, ignore_errors=True)
+    with browser_page(ARGS) as page:
+        console: list[str] = []
+        page.on("console", lambda m: console.append(m.text))
+        page.goto(app_server)
+        page.get_by_text("✓ ResNet-18 + CBAM").wait_for()
+        yield page, console
 
 
 def _memory(page, cdp) -> dict:
