@@ -95,6 +95,7 @@ def test_three_epoch_run_records_three_different_snapshots(tmp_path, capsys, one
     view = watch_figure(snaps)
     assert view.data["frames"] == 3 and len(view.figure.frames) == 3
     assert view.figure.layout.sliders[0].active == 2
+    assert view.figure.data[0].colorbar.title.text           # every colour bar says what it is
 
 
 def _image(index):

@@ -27,6 +27,8 @@ from visual.view import View
 WATCH_VIEWS = ("gradcam", "cbam", "se", "features", "ghost")
 WATCH_NAMES = {"gradcam": "Grad-CAM", "cbam": "CBAM spatial map", "se": "SE excitation",
                "features": "feature grid", "ghost": "Ghost redundancy"}
+COLOUR_BAR_TITLES = {"gradcam": "attribution", "cbam": "attention", "se": "excitation",
+                     "features": "activation<br>(each map)", "ghost": "cosine<br>similarity"}
 MAX_SIDE = 64
 MAX_CHANNELS = 16       # feature-grid channels kept per snapshot
 MAX_SIM_CHANNELS = 64   # channels of the redundancy matrix
@@ -121,13 +123,16 @@ def watch_figure(snapshots: list[dict], title: str = "", image=None) -> View:
 
     def heat(a: np.ndarray) -> go.Heatmap:
         return go.Heatmap(z=a, zmin=zmin, zmax=zmax, colorscale=colours,
+                          colorbar=dict(title=COLOUR_BAR_TITLES.get(first["view"], "")),
                           hovertemplate="%{z:.3f}<extra></extra>")
     last = len(arrays) - 1
     name = WATCH_NAMES.get(first["view"], first["view"])
     if image is not None:
         from plotly.subplots import make_subplots
         from visual.render import image_trace, to_rgb
-        fig = make_subplots(1, 2, column_widths=[0.3, 0.7], horizontal_spacing=0.05,
+        # a map beside its image at the same size; tiled maps (a feature grid) get more room
+        widths = [0.45, 0.55] if first["kind"] == "map" else [0.3, 0.7]
+        fig = make_subplots(1, 2, column_widths=widths, horizontal_spacing=0.05,
                             subplot_titles=("input", f"{name} · {first.get('layer') or ''}"))
         fig.add_trace(image_trace(to_rgb(image)), 1, 1)
         fig.add_trace(heat(arrays[last]), 1, 2)
@@ -142,7 +147,7 @@ def watch_figure(snapshots: list[dict], title: str = "", image=None) -> View:
                                     transition=dict(duration=0))]) for lab in labels]
     fig.update_layout(
         title=title or (None if image is not None else f"{name} · {first.get('layer') or ''}"),
-        height=420,
+        height=420, plot_bgcolor="white",   # no grey bands beside a square map kept square
         margin=dict(l=10, r=10, t=50, b=10),
         sliders=[dict(active=last, steps=steps, currentvalue=dict(prefix=""), pad=dict(t=30))],
         updatemenus=[dict(type="buttons", showactive=False, x=0, y=-0.02, xanchor="right",
