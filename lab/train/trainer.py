@@ -57,6 +57,8 @@ ONECYCLE_START = 1 / 25     # the warm-up starts at this fraction of lr (as torc
 DROPOUT_SEED_OFFSET = 0x5EED  # run() seeds the global generator with seed + this (+ rank)
 # A training set on the device whose float32 copy fits this is normalised once, not per step.
 PRENORMALIZE_BYTES = 256_000_000
+GATHER_BYTES = 4_000_000     # on-device batches are gathered in blocks of about this size
+SCORE_EVERY = 32            # steps whose outputs are kept before scoring them at once
 PRECISE_BN_IMAGES = 1024    # default: training images PreciseBN averages over
 
 
@@ -262,10 +264,16 @@ class _Feed:
                 for i in range(0, self.size, batch_size):
                     yield self._ready(self.x[i:i + batch_size]), self.y[i:i + batch_size]
                 return
+            # Gathered a block of whole batches at a time (within GATHER_BYTES): two
+            # index_selects per block instead of per step, then split into batches.
             order = order.to(self.device)
-            for i in range(0, len(order), batch_size):
-                idx = order[i:i + batch_size]
-                yield self._ready(self.x.index_select(0, idx)), self.y.index_select(0, idx)
+            image_bytes = self.x[:1].numel() * self.x.element_size()
+            per = max(1, GATHER_BYTES // max(1, image_bytes * batch_size)) * batch_size
+            for start in range(0, len(order), per):
+                idx = order[start:start + per]
+                xs, ys = self.x.index_select(0, idx), self.y.index_select(0, idx)
+                for xb, yb in zip(xs.split(batch_size), ys.split(batch_size)):
+                    yield self._ready(xb), yb
             return
         indices = range(self.size) if order is None else order.tolist()
         # Its own generator: a DataLoader otherwise draws a seed from torch's global one,
@@ -289,6 +297,14 @@ def make_normalizer(dataset: "Dataset", device: torch.device) -> Callable[[torch
     def normalize(x: torch.Tensor) -> torch.Tensor:
         return (x.float() / 255.0 - mean) / std
     return normalize
+
+
+def _score(correct: torch.Tensor, outs: list[torch.Tensor], labels: list[torch.Tensor]) -> None:
+    """Add the right answers among `outs` (logits) to `correct`, in a few batched ops; empties the lists."""
+    if outs:
+        correct += torch.cat(outs).argmax(1).eq(torch.cat(labels)).sum()
+        outs.clear()
+        labels.clear()
 
 
 def _finite(v: float | None) -> float | None:
@@ -585,9 +601,12 @@ class Trainer:
                 flips, shifts = flips.to(dev), shifts.to(dev)
             if dist:
                 order = dist.shard(order)
-            # Per image of the epoch: whether the network got it right (written in place by
-            # each step, summed once at the end of the epoch).
-            hits = torch.zeros(len(order), dtype=torch.bool, device=dev)
+            # The epoch's right answers, counted on the device: each step only keeps its
+            # (detached) outputs and labels; they are scored in one batch every
+            # SCORE_EVERY steps and at the epoch's end (no read-back until then).
+            correct = torch.zeros((), dtype=torch.long, device=dev)
+            outs: list[torch.Tensor] = []
+            labels: list[torch.Tensor] = []
             epoch_losses = []
             pending: list[torch.Tensor] = []        # per-step losses not yet read back
             t_epoch = t_report = time.perf_counter()
@@ -615,8 +634,10 @@ class Trainer:
                     scaler.step(optimizer)
                     scaler.update()
                 pending.append(loss.detach())
-                lo = epoch_steps * b
-                torch.eq(out.argmax(1), yb, out=hits[lo:lo + len(yb)])    # argmax: no grad
+                outs.append(out.detach())
+                labels.append(yb)
+                if len(outs) >= SCORE_EVERY:
+                    _score(correct, outs, labels)
                 step += 1
                 epoch_steps += 1
                 seen += len(yb) * world
@@ -663,7 +684,7 @@ class Trainer:
                 epoch_losses.extend(values)
                 p["steps"], p["images"] = step, p["images"] + images_report
                 p["train_loss"] = sum(values) / len(values)
-            correct = hits.sum()
+            _score(correct, outs, labels)
             synchronize(dev)
             if dist:
                 dist.sum(correct)
