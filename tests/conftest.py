@@ -65,6 +65,23 @@ def page(app_server):
         yield pg
 
 
+@contextlib.contextmanager
+def serve_app():
+    """The app (built now, from the environment as it is) on a free localhost port; yields
+    its URL and closes the server after."""
+    import app
+
+    demo = app.make_demo()
+    opts = app.launch_options()
+    port = free_port()
+    opts.update(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    demo.launch(**opts)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -89,17 +106,8 @@ def app_env(tmp_path_factory):
 def app_server(app_env):
     """The app served on a free localhost port with `prevent_thread_lock=True`; yields its
     URL and closes the server after the last test that uses it."""
-    import app
-
-    demo = app.make_demo()
-    opts = app.launch_options()
-    port = free_port()
-    opts.update(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    demo.launch(**opts)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with serve_app() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

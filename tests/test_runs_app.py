@@ -158,20 +158,14 @@ def test_public_visitors_see_nothing_of_each_other(folder, tmp_path):
 def local_server(folder):
     """The app served in the local mode on `folder`'s runs (sessions read the mode and the
     folder from the environment when a visitor arrives)."""
-    import app
-    from conftest import free_port
+    from conftest import serve_app
     env = {"CONVSCOPE_PUBLIC": "0", "CONVSCOPE_RUNS_DIR": str(folder["root"])}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    demo = app.make_demo()
-    port = free_port()
-    opts = app.launch_options()
-    opts.update(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    demo.launch(**opts)
     try:
-        yield f"http://127.0.0.1:{port}/"
+        with serve_app() as url:
+            yield url
     finally:
-        demo.close()
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)

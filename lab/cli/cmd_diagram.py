@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from lab.cli import UsageError
-from lab.cli.cmd_summary import add_override_args, resolve_spec
+from lab.cli.cmd_summary import add_source_args, resolve_spec
 
 
 def add_parser(subparsers) -> None:
@@ -15,10 +15,7 @@ def add_parser(subparsers) -> None:
                               description="Draw a preset or a spec: one box per layer with its output "
                                           "shape, parameters, FLOPs and receptive field; --expand draws "
                                           "composite blocks' insides (read from the built modules).")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", metavar="NAME", help="a preset, e.g. 'ResNet-18 + CBAM' or resnet18_cbam")
-    src.add_argument("--spec", metavar="FILE", help="a JSON spec file (at most 5 MB)")
-    add_override_args(p)
+    add_source_args(p)
     p.add_argument("--expand", nargs="+", default=["none"], metavar="all|none|INDEX",
                    help="layers to draw expanded: all, none (default) or layer indices")
     p.add_argument("--out", required=True, metavar="FILE.svg|FILE.html", help="where to write the diagram")

@@ -67,15 +67,21 @@ def resolve_spec(args: argparse.Namespace) -> dict:
     return spec
 
 
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """--preset NAME | --spec FILE, then the --input/--classes/--width overrides (what
+    `resolve_spec` reads)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", metavar="NAME", help="a preset, e.g. 'ResNet-18 + CBAM' or resnet18_cbam")
+    src.add_argument("--spec", metavar="FILE", help="a JSON spec file (at most 5 MB)")
+    add_override_args(p)
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("summary", help="per-layer shapes, parameters and FLOPs",
                               description="Summarise a preset or a spec file: output shape, "
                                           "parameters and FLOPs (a multiply-add is 2) per layer, "
                                           "for one image. Runs on the meta device: nothing is allocated.")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", metavar="NAME", help="a preset, e.g. 'ResNet-18 + CBAM' or resnet18_cbam")
-    src.add_argument("--spec", metavar="FILE", help="a JSON spec file (at most 5 MB)")
-    add_override_args(p)
+    add_source_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     p.set_defaults(func=run)
 
